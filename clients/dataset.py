@@ -267,7 +267,9 @@ def build_platform(
     return PlatformData(name=name, items=items, users=users, sequences=sequences)
 
 
-def load_platform(folder: str | Path, name: str = "", *, min_user_interactions: int = 3) -> PlatformData:
+def load_platform(
+    folder: str | Path, name: str = "", *, min_user_interactions: int = 3
+) -> PlatformData:
     """Read and validate a platform folder (see the module docstring for the format)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -285,8 +287,13 @@ def write_platform(folder: str | Path, items: list[Item], interactions: list[Int
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "items.jsonl").open("w", encoding="utf-8") as fh:
         for item in items:
-            row = {"item_id": item.item_id, "title": item.title, "year": item.year,
-                   "categories": list(item.categories), "description": item.description}
+            row = {
+                "item_id": item.item_id,
+                "title": item.title,
+                "year": item.year,
+                "categories": list(item.categories),
+                "description": item.description,
+            }
             fh.write(json.dumps(row) + "\n")
     with (folder / "interactions.jsonl").open("w", encoding="utf-8") as fh:
         for it in interactions:

@@ -147,7 +147,12 @@ class PrivacyLedger:
         return sigma
 
     def reserve(
-        self, run_id: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int
+        self,
+        run_id: str,
+        server_round: int,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
     ) -> float:
         """Record a release before it happens; refuse if it would exceed the budget."""
         after = self.epsilon([(noise_multiplier, sample_rate, steps)])

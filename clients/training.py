@@ -72,7 +72,9 @@ def example_losses(
     """Per-example softmax loss over the whole catalogue, shape [batch]."""
     cfg = rec.config
     users = model(**rec.tokenize(batch.history_texts, cfg.max_history_tokens))
-    positives = model(**rec.tokenize([data.item_texts[t] for t in batch.targets], cfg.max_item_tokens))
+    positives = model(
+        **rec.tokenize([data.item_texts[t] for t in batch.targets], cfg.max_item_tokens)
+    )
     targets = torch.as_tensor(batch.targets, device=users.device)
     logits = users @ item_vectors.T
     logits = logits.scatter(1, targets[:, None], (users * positives).sum(-1, keepdim=True))
@@ -82,6 +84,36 @@ def example_losses(
     seen[torch.arange(len(targets)), targets] = False  # an item seen before can still be the next
     logits = logits.masked_fill(seen, float("-inf"))
     return nn.functional.cross_entropy(logits / cfg.temperature, targets, reduction="none")
+
+
+def privatize(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    accountant: str = "prv",
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader]:
+    """Opacus, hooks mode, Poisson sampling: the one place DP-SGD is wired."""
+    engine = PrivacyEngine(accountant=accountant)
+    return engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="hooks",
+    )
+
+
+def release_dp_state(model: nn.Module, params: list[torch.nn.Parameter]) -> None:
+    """Take Opacus' hooks and per-sample buffers off, leaving a plain model."""
+    model.remove_hooks()
+    for p in params:
+        for attr in ("grad_sample", "_current_grad_sample", "summed_grad"):
+            if hasattr(p, attr):
+                delattr(p, attr)
 
 
 def train_round(
@@ -123,15 +155,8 @@ def train_round(
         sigma = pc.noise_multiplier or ledger.noise_for_run(run_id, sample_rate, steps, rounds_left)
         epsilon = ledger.reserve(run_id, server_round, sigma, sample_rate, steps)
         delta = ledger.delta
-        engine = PrivacyEngine(accountant=ledger.accountant)
-        model, optimizer, loader = engine.make_private(
-            module=rec.model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=sigma,
-            max_grad_norm=pc.max_grad_norm,
-            poisson_sampling=True,
-            grad_sample_mode="hooks",
+        model, optimizer, loader = privatize(
+            rec.model, optimizer, loader, sigma, pc.max_grad_norm, ledger.accountant
         )
     total_loss, examples, done = 0.0, 0, 0
     report_every = max(1, steps // 10)
@@ -160,11 +185,7 @@ def train_round(
                     break
     finally:
         if pc.enabled:
-            model.remove_hooks()
-            for p in params:
-                for attr in ("grad_sample", "_current_grad_sample", "summed_grad"):
-                    if hasattr(p, attr):
-                        delattr(p, attr)
+            release_dp_state(model, params)
         optimizer.zero_grad(set_to_none=True)
     model.eval()
     return TrainResult(

@@ -44,7 +44,8 @@ def set_adapter_arrays(rec: Recommender, arrays: dict[str, np.ndarray]) -> None:
     expected = get_peft_model_state_dict(rec.model.peft_model)
     check_arrays_fit(arrays, {k: tuple(v.shape) for k, v in expected.items()})
     state = {
-        k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(rec.device) for k, v in arrays.items()
+        k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(rec.device)
+        for k, v in arrays.items()
     }
     result = set_peft_model_state_dict(rec.model.peft_model, state)
     unexpected = getattr(result, "unexpected_keys", [])
@@ -118,7 +119,9 @@ def save_adapter(
     return directory
 
 
-def read_adapter(directory: str | Path, cfg: ModelConfig | None = None) -> OrderedDict[str, np.ndarray]:
+def read_adapter(
+    directory: str | Path, cfg: ModelConfig | None = None
+) -> OrderedDict[str, np.ndarray]:
     """Read an adapter folder's tensors, checking it is complete and fits ``cfg`` when given."""
     directory = Path(directory)
     if not directory.is_dir():

@@ -98,7 +98,9 @@ class DataConfig:
     dataset: str = "ml-100k"  # ml-100k | ml-1m | a folder with interactions + items files
     platforms: str = "action,comedy,drama"  # platform names (genre groups) to build and use
     max_users: int = 0  # keep at most this many users per platform (0 = all)
-    min_user_interactions: int = 3  # users with fewer on a platform are dropped (need train+val+test)
+    min_user_interactions: int = (
+        3  # users with fewer on a platform are dropped (need train+val+test)
+    )
     seed: int = 0
 
     def validate(self) -> None:
@@ -167,13 +169,13 @@ class FedxrecConfig:
                 )
             default = sections[sec][key]
             sections[sec][key] = _coerce(dotted, value, type(default))
-        built = {
-            f.name: type(getattr(self, f.name))(**sections[f.name]) for f in fields(self)
-        }
+        built = {f.name: type(getattr(self, f.name))(**sections[f.name]) for f in fields(self)}
         return type(self)(**built).validate()
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> FedxrecConfig:
+    def load(
+        cls, path: str | Path | None = None, overrides: list[str] | None = None
+    ) -> FedxrecConfig:
         """Defaults, then a TOML file (sections as tables), then ``key=value`` overrides."""
         config = cls()
         if path:

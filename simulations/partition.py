@@ -113,7 +113,9 @@ def _copy_user_platforms(source: Path, root: Path) -> list[str]:
         raise DataError(
             f"data.dataset '{source}' is neither a known data set ({', '.join(SOURCES)}) nor a folder"
         )
-    folders = [source] if _is_platform(source) else sorted(p for p in source.iterdir() if _is_platform(p))
+    folders = (
+        [source] if _is_platform(source) else sorted(p for p in source.iterdir() if _is_platform(p))
+    )
     if not folders:
         find_file(source, "interactions")  # raises the error that explains the format
     names = []

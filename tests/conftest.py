@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny random BERT (fast tests) and a hand-made platform."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from clients.dataset import PlatformData, load_platform
+from shared.config import ModelConfig
+from shared.model import Recommender, build_recommender
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WORDS = "star wars the matrix toy story fargo heat alien babe casablanca categories action sci fi"
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab(tmp_path_factory) -> Path:
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"();.,:-|"]
+    tokens += list(chars) + [f"##{c}" for c in chars] + WORDS.split()
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(dict.fromkeys(tokens)))
+    return path
+
+
+@pytest.fixture
+def tiny_model_config() -> ModelConfig:
+    return ModelConfig(encoder="tiny-random-bert", max_item_tokens=16, max_history_tokens=32)
+
+
+def make_tiny_recommender(vocab: Path, cfg: ModelConfig, seed: int = 0) -> Recommender:
+    torch.manual_seed(1234)  # the same "pretrained" base every time
+    tokenizer = BertTokenizer(vocab_file=str(vocab))
+    base = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
+    return build_recommender(cfg, base=base, tokenizer=tokenizer, seed=seed)
+
+
+@pytest.fixture
+def tiny_rec(tiny_vocab, tiny_model_config) -> Recommender:
+    return make_tiny_recommender(tiny_vocab, tiny_model_config)
+
+
+@pytest.fixture
+def platform_dir(tmp_path) -> Path:
+    target = tmp_path / "tiny"
+    shutil.copytree(FIXTURES / "tiny_platform", target)
+    return target
+
+
+@pytest.fixture
+def tiny_platform(platform_dir) -> PlatformData:
+    return load_platform(platform_dir, "tiny")

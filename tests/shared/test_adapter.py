@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+
+from shared.adapter import (
+    AdapterError,
+    adapter_nbytes,
+    get_adapter_arrays,
+    load_adapter,
+    read_adapter,
+    save_adapter,
+    set_adapter_arrays,
+)
+from tests.conftest import make_tiny_recommender
+
+
+def _perturb(rec):
+    with torch.no_grad():
+        for name, p in rec.model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+def test_saved_adapter_reloads_to_identical_scores(
+    tmp_path, tiny_vocab, tiny_model_config, tiny_platform
+):
+    rec = make_tiny_recommender(tiny_vocab, tiny_model_config)
+    _perturb(rec)
+    arrays = get_adapter_arrays(rec)
+    save_adapter(arrays, tiny_model_config, tmp_path / "adapter", metadata={"round": 3})
+    fresh = make_tiny_recommender(tiny_vocab, tiny_model_config, seed=99)
+    meta = load_adapter(fresh, tmp_path / "adapter")
+    assert meta["round"] == 3
+    texts = tiny_platform.item_texts
+    torch.testing.assert_close(fresh.encode_items(texts), rec.encode_items(texts), rtol=0, atol=0)
+    # the folder is peft's own format
+    base = make_tiny_recommender(tiny_vocab, tiny_model_config).model.encoder.get_base_model()
+    peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    assert sum("lora_A" in n for n, _ in peft_model.named_parameters()) == len(arrays) // 2
+
+
+def test_shape_mismatch_and_missing_tensor_are_refused(tiny_rec):
+    arrays = get_adapter_arrays(tiny_rec)
+    name = next(iter(arrays))
+    wrong = dict(arrays, **{name: np.zeros((3, 3), np.float32)})
+    with pytest.raises(AdapterError, match="shape"):
+        set_adapter_arrays(tiny_rec, wrong)
+    with pytest.raises(AdapterError, match="missing"):
+        set_adapter_arrays(tiny_rec, {k: v for k, v in arrays.items() if k != name})
+    with pytest.raises(AdapterError, match="NaN"):
+        set_adapter_arrays(tiny_rec, dict(arrays, **{name: arrays[name] * np.nan}))
+
+
+def test_corrupt_or_incomplete_folder_is_refused(tmp_path, tiny_rec, tiny_model_config):
+    folder = save_adapter(get_adapter_arrays(tiny_rec), tiny_model_config, tmp_path / "a")
+    (folder / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AdapterError, match="corrupt"):
+        read_adapter(folder)
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterError, match="adapter_model.safetensors is missing"):
+        read_adapter(folder)
+    with pytest.raises(AdapterError, match="does not exist"):
+        read_adapter(tmp_path / "none")
+
+
+def test_rank_mismatch_is_named(tmp_path, tiny_rec, tiny_model_config):
+    from dataclasses import replace
+
+    folder = save_adapter(get_adapter_arrays(tiny_rec), tiny_model_config, tmp_path / "a")
+    with pytest.raises(AdapterError, match="set model.lora_r=8"):
+        read_adapter(folder, replace(tiny_model_config, lora_r=4))
+
+
+def test_adapter_is_small(tiny_rec):
+    arrays = get_adapter_arrays(tiny_rec)
+    assert 0 < adapter_nbytes(arrays) == sum(a.size * 4 for a in arrays.values())

@@ -49,7 +49,10 @@ def load_movielens(name: str = "ml-100k") -> tuple[list[Item], list[Interaction]
     genre_col = "class" if "class" in col else "genre"
     items = []
     for row in rows:
-        get = lambda key: row[col[key]].strip() if key in col and col[key] < len(row) else ""  # noqa: E731
+
+        def get(key: str, row: list[str] = row) -> str:
+            return row[col[key]].strip() if key in col and col[key] < len(row) else ""
+
         title = get(title_col)
         if not title:
             continue

@@ -84,13 +84,17 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class FederationConfig:
     rounds: int = 5
-    min_nodes: int = 0  # nodes that must answer for a round to count; 0 = every platform
+    platforms: int = 0  # sites to wait for before round 1; 0 = the simulation's platform count
+    min_nodes: int = 0  # successful replies a round needs to count; 0 = every platform
+    round_timeout: float = 3600.0  # seconds to wait for the sites' replies in a round
     seed: int = 0  # initial adapter
     out_dir: str = ""  # where the coordinator writes adapters and metrics; "" = nowhere
 
     def validate(self) -> None:
         _check(1 <= self.rounds <= 10000, "federation.rounds", "must be in [1, 10000]")
+        _check(self.platforms >= 0, "federation.platforms", "must be >= 0")
         _check(self.min_nodes >= 0, "federation.min_nodes", "must be >= 0")
+        _check(self.round_timeout > 0, "federation.round_timeout", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,118 @@
+"""What a federation leaves behind in ``metrics.json``: every round's per-platform figures.
+
+Written atomically after every round, so a stopped federation keeps every completed round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.config import FedxrecConfig
+
+SPLIT = "chronological leave-last-out per user (test = last item, validation = second-last)"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class FederationLog:
+    run_id: str
+    config: dict[str, Any]
+    dataset: str
+    split: str = SPLIT
+    started: float = field(default_factory=time.time)
+    platforms: dict[str, dict[str, int]] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    completed_rounds: int = 0
+
+    @classmethod
+    def start(cls, cfg: FedxrecConfig, run_id: str) -> FederationLog:
+        return cls(run_id=run_id, config=cfg.to_flat(), dataset=cfg.data.dataset)
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> FederationLog:
+        data = json.loads((Path(out_dir) / METRICS_FILE).read_text())
+        return cls(**data)
+
+    def record_platform(self, name: str, users: int, items: int) -> None:
+        self.platforms[name] = {"users": users, "items": items}
+
+    def _round(self, server_round: int) -> dict[str, Any]:
+        if not self.rounds or self.rounds[-1]["round"] != server_round:
+            self.rounds.append({"round": server_round, "platforms": {}, "refused": {}})
+        return self.rounds[-1]
+
+    def record_training(
+        self, server_round: int, metrics: dict[str, dict[str, float]], refused: dict[str, str]
+    ) -> None:
+        entry = self._round(server_round)
+        for name, m in metrics.items():
+            entry["platforms"].setdefault(name, {}).update(
+                {
+                    "loss": m["train-loss"],
+                    "epsilon": m["epsilon"],
+                    "delta": m["delta"],
+                    "noise_multiplier": m["noise-multiplier"],
+                    "steps": m["steps"],
+                    "train_seconds": m["seconds"],
+                }
+            )
+        entry["refused"].update(refused)
+
+    def record_evaluation(self, server_round: int, metrics: dict[str, dict[str, float]]) -> None:
+        entry = self._round(server_round)
+        for name, m in metrics.items():
+            entry["platforms"].setdefault(name, {})["validation"] = _ranking(m)
+        self.completed_rounds = server_round
+
+    def record_final(
+        self, zero_shot: dict[str, dict[str, float]], federated: dict[str, dict[str, float]]
+    ) -> None:
+        self.final = {
+            "zero_shot": {k: _ranking(v) for k, v in zero_shot.items()},
+            "federated": {k: _ranking(v) for k, v in federated.items()},
+        }
+
+    def epsilon_spent(self) -> dict[str, float]:
+        """Last ε each platform reported (0 for a platform that never trained)."""
+        spent = {name: 0.0 for name in self.platforms}
+        for entry in self.rounds:
+            for name, m in entry["platforms"].items():
+                if "epsilon" in m:
+                    spent[name] = m["epsilon"]
+        return spent
+
+    def write(self, out_dir: str | Path) -> None:
+        if not out_dir:
+            return
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(self), fh, indent=2)
+        os.replace(tmp, out / METRICS_FILE)
+
+    def print_round(self, server_round: int) -> None:
+        entry = self.rounds[-1]
+        parts = []
+        for name, m in sorted(entry["platforms"].items()):
+            val = m.get("validation", {})
+            eps = m.get("epsilon", float("nan"))
+            parts.append(
+                f"{name}: loss {m.get('loss', float('nan')):.3f} ε {eps:.2f} "
+                f"val NDCG@10 {val.get('ndcg@10', float('nan')):.4f}"
+            )
+        for name in entry["refused"]:
+            parts.append(f"{name}: refused")
+        print(f"[fedxrec] round {server_round} done — " + "; ".join(parts), flush=True)
+
+
+def _ranking(metrics: dict[str, float]) -> dict[str, float]:
+    keep = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr", "num-examples")
+    return {k: float(metrics[k]) for k in keep if k in metrics}

@@ -1,0 +1,167 @@
+"""`fedxrec simulate`: a federation of several platforms on one machine, in Flower's simulation
+engine, through its supported path (a SuperLink in simulation mode + `flwr run`).
+
+Writes to --out: ``metrics.json`` (per round, per platform), ``adapter/`` (final global adapter,
+peft format), ``rounds/round-NNN/`` (every round's adapter), ``report.md``, ``flower.log`` and the
+simulated sites' folders (``platforms/``: their data; ``state/``: their privacy ledgers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from server.run_log import METRICS_FILE, FederationLog
+from shared.config import ConfigError, FedxrecConfig
+from simulations.partition import prepare_platforms
+from simulations.report import format_table, render_report, results_table
+from simulations.superlink import FlowerRunError, local_superlink
+
+APP_DIR = Path(__file__).resolve().parents[1]
+OUTPUTS = ("platforms", "state", "rounds", "adapter", METRICS_FILE, "report.md", "flower.log")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="run a federation of several platforms on this machine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="output folder (created; re-used runs start fresh)"
+    )
+    p.add_argument("--rounds", type=int, help="federated rounds (federation.rounds, default 5)")
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        help="per-platform ε budget for the whole federation (privacy.epsilon, default 8)",
+    )
+    p.add_argument(
+        "--no-dp",
+        action="store_true",
+        help="train without differential privacy (privacy.enabled=false)",
+    )
+    p.add_argument(
+        "--max-users", type=int, help="keep at most N users per platform (data.max_users; 0 = all)"
+    )
+    p.add_argument(
+        "--platforms",
+        help="comma-separated genre platforms (data.platforms, default action,comedy,drama)",
+    )
+    p.add_argument("--data", help="ml-100k, ml-1m, or a folder of your own data (data.dataset)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file with [model], [train], [privacy], [federation], [data] tables",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any setting, e.g. --set train.batch_size=64 (repeatable)",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="show Flower's whole log, not only fedxrec's lines"
+    )
+    p.set_defaults(run=run)
+
+
+def simulation_config(args: argparse.Namespace) -> FedxrecConfig:
+    cfg = FedxrecConfig.load(args.config, args.set)
+    flags = {
+        "federation.rounds": args.rounds,
+        "privacy.epsilon": args.epsilon,
+        "data.max_users": args.max_users,
+        "data.platforms": args.platforms,
+        "data.dataset": args.data,
+        "privacy.enabled": False if args.no_dp else None,
+    }
+    return cfg.with_overrides({k: v for k, v in flags.items() if v is not None})
+
+
+def write_run_config(cfg: FedxrecConfig, path: Path) -> Path:
+    lines = ["# fedxrec run config: every setting of this run (Flower --run-config file)"]
+    for key, value in cfg.to_flat().items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        else:
+            text = repr(value)
+        lines.append(f'"{key}" = {text}')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    cfg = simulation_config(args)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:  # a re-run is a new experiment with fresh simulated sites
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    print(f"fedxrec simulate: preparing platforms from {cfg.data.dataset} in {out}/platforms")
+    names = prepare_platforms(cfg.data, out / "platforms")
+    cfg = cfg.with_overrides(
+        {
+            "simulation.platform_root": str(out / "platforms"),
+            "simulation.state_root": str(out / "state"),
+            "simulation.platform_names": ",".join(names),
+            "federation.out_dir": str(out),
+            "federation.platforms": len(names),
+        }
+    )
+    if cfg.federation.min_nodes > len(names):
+        raise ConfigError(
+            f"federation.min_nodes={cfg.federation.min_nodes} > {len(names)} platforms"
+        )
+    run_config = write_run_config(cfg, out / "run_config.toml")
+    use_gpu = cfg.train.device != "cpu" and torch.cuda.is_available()
+    cpus = os.cpu_count() or 1
+    # One simulated site at a time gets every core (or a share of the GPU): on a small machine
+    # that is faster than several sites fighting over two cores.
+    federation_config = (
+        f"num-supernodes={len(names)} client-resources-num-cpus={cpus} "
+        f"client-resources-num-gpus={1.0 / len(names) if use_gpu else 0.0} "
+        f"init-args-num-cpus={cpus} init-args-num-gpus={1 if use_gpu else 0}"
+    )
+    print(
+        f"fedxrec simulate: {len(names)} platforms ({', '.join(names)}), "
+        f"{cfg.federation.rounds} rounds, "
+        + (f"ε ≤ {cfg.privacy.epsilon:g} per platform" if cfg.privacy.enabled else "no DP")
+        + f", {'GPU' if use_gpu else f'{cpus} CPU cores'}; Flower's log: {out / 'flower.log'}"
+    )
+
+    def show(line: str) -> None:
+        if args.verbose or "[fedxrec]" in line or "ERROR" in line or "refuses" in line:
+            print(line, end="", flush=True)
+
+    try:
+        with local_superlink(out / ".flwr", simulation=True, use_gpu=use_gpu) as link:
+            link.run_app(
+                APP_DIR,
+                run_config=run_config,
+                federation_config=federation_config,
+                on_line=show,
+                log_path=out / "flower.log",
+            )
+    except FlowerRunError as err:
+        raise FlowerRunError(f"{err}; the details are in {out / 'flower.log'}") from None
+    log = FederationLog.read(out)
+    seconds = time.perf_counter() - started
+    (out / "report.md").write_text(render_report(log, seconds))
+    print()
+    print(format_table(results_table(log)))
+    print(
+        f"\nfedxrec simulate: done in {seconds / 60:.1f} min. Report: {out / 'report.md'}; "
+        f"global adapter: {out / 'adapter'}"
+    )
+    return 0

@@ -1,0 +1,285 @@
+"""Run a Flower app on a SuperLink that we start ourselves and always stop, by PID.
+
+``flwr run`` with its default local connection would start a detached SuperLink that installs
+packages at run time. Instead: a private ``FLWR_HOME``, ``flower-superlink`` with runtime dependency
+installation disabled on a free loopback port, ``flwr run --stream`` against it, and, whatever
+happens (failure, Ctrl-C, SIGTERM), every process the SuperLink started is killed. The SuperLink's
+children start sessions of their own (flower-superexec, flwr-simulation, Ray's workers), so they
+are found by a tag in their environment and by parentage, not by process group alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+TAG_VARIABLE = "FEDXREC_PROCESS_TAG"
+
+
+class FlowerRunError(RuntimeError):
+    """The Flower run did not finish successfully."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(flwr_home: Path, *, use_gpu: bool = False) -> dict[str, str]:
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)  # the SuperLink starts its helpers by name
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        HF_HUB_OFFLINE="1",
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+        RAY_TMPDIR=str(flwr_home / "ray"),
+        # Ray binds its services to loopback, not the machine's address.
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_DISABLE_USAGE_STATS="1",
+        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+    )
+    if not use_gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+# ---- finding and stopping what we started -------------------------------------------------------
+
+
+def _proc_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def tagged_processes(tag: str, root: int | None = None) -> set[int]:
+    """PIDs carrying ``tag`` in their environment, plus every descendant of ``root``."""
+    found: set[int] = set()
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                    found.add(int(entry))
+            except OSError:
+                continue
+    if root is not None:
+        children, todo = _proc_children(), [root]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def stop_processes(pids: set[int], grace: float = 8.0) -> set[int]:
+    """SIGTERM, wait, SIGKILL; returns PIDs still alive (should be none)."""
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return state[state.rindex(")") + 2] != "Z"
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 3.0)
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
+            time.sleep(0.2)
+    return {p for p in pids if alive(p)}
+
+
+# ---- the SuperLink ------------------------------------------------------------------------------
+
+
+class LocalSuperLink:
+    """A SuperLink process on 127.0.0.1 with a connection named ``name`` in ``FLWR_HOME``."""
+
+    def __init__(
+        self, home: Path, *, simulation: bool, use_gpu: bool = False, name: str = "fedxrec"
+    ):
+        self.home, self.name, self.simulation = Path(home), name, simulation
+        self.tag = uuid.uuid4().hex
+        self.env = flower_env(self.home, use_gpu=use_gpu)
+        self.env[TAG_VARIABLE] = self.tag
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.home / "superlink.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{self.name}"\n\n'
+            f'[superlink.{self.name}]\naddress = "{self.address}"\ninsecure = true\n'
+        )
+        command = [
+            "flower-superlink",
+            "--insecure",  # loopback only, inside one machine
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        if self.simulation:
+            command.append("--simulation")
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                command,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.home,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise FlowerRunError(
+                    f"flower-superlink exited with code {self.process.returncode}; see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"http://{self.address}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise FlowerRunError(
+            f"the SuperLink was not ready within {timeout:.0f}s; see {self.log_path}"
+        )
+
+    def stop(self) -> set[int]:
+        """Stop the SuperLink and everything it started; returns any PID that survived."""
+        root = self.process.pid if self.process else None
+        pids = tagged_processes(self.tag, root)
+        if root is not None:
+            pids.add(root)
+        left = stop_processes(pids)
+        if self.process is not None:
+            with suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+        return left
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["flwr", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def run_app(
+        self,
+        app_dir: Path,
+        *,
+        run_config: Path | None = None,
+        federation_config: str = "",
+        on_line: Callable[[str], None] = lambda line: print(line, end="", flush=True),
+        log_path: Path | None = None,
+    ) -> int:
+        """``flwr run --stream``; returns the run id once the run finished successfully."""
+        command = ["flwr", "run", str(app_dir), self.name, "--stream"]
+        if federation_config:
+            command += ["--federation-config", federation_config]
+        if run_config is not None:
+            command += ["--run-config", str(run_config)]
+        run_id = None
+        log = log_path.open("w") if log_path else None
+        try:
+            proc = subprocess.Popen(
+                command,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if log:
+                    log.write(line)
+                on_line(line)
+                if run_id is None and (m := re.search(r"started run (\d+)", line)):
+                    run_id = int(m.group(1))
+            code = proc.wait()
+        finally:
+            if log:
+                log.close()
+        if run_id is None:
+            raise FlowerRunError(f"`flwr run` did not start a run (exit code {code})")
+        status = self.run_status(run_id)
+        # `flwr run --stream` exits 0 even when the ServerApp failed: the run's status tells.
+        if status != "finished:completed":
+            raise FlowerRunError(f"Flower run {run_id} ended with status '{status}'")
+        return run_id
+
+    def run_status(self, run_id: int) -> str:
+        result = self.flwr("ls", self.name, "--run-id", str(run_id), "--format", "json")
+        try:
+            return str(json.loads(result.stdout)["runs"][0]["status"])
+        except (ValueError, KeyError, IndexError):
+            return f"unknown ({result.stdout.strip() or result.stderr.strip()})"
+
+
+@contextmanager
+def local_superlink(
+    home: Path, *, simulation: bool, use_gpu: bool = False
+) -> Iterator[LocalSuperLink]:
+    """Start a SuperLink; stop it and all its processes on exit, even on Ctrl-C or SIGTERM."""
+    link = LocalSuperLink(home, simulation=simulation, use_gpu=use_gpu)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):  # turn SIGTERM into an exception so `finally` runs
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if main_thread:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        link.start()
+        yield link
+    finally:
+        left = link.stop()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if left:
+            print(f"warning: processes {sorted(left)} did not stop", file=sys.stderr)

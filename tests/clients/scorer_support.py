@@ -1,0 +1,43 @@
+"""Helpers for the scorer tests: the tiny random BERT saved as an encoder folder, and adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from shared.adapter import get_adapter_arrays, save_adapter
+from shared.config import ModelConfig
+from tests.conftest import make_tiny_recommender
+
+# Token limits travel in the adapter's fedxrec.json, as the coordinator records them.
+TOKEN_LIMITS = {"max_item_tokens": 16, "max_history_tokens": 32}
+
+
+def tiny_config(**overrides: object) -> ModelConfig:
+    return ModelConfig(encoder="tiny-random-bert", **TOKEN_LIMITS, **overrides)  # type: ignore[arg-type]
+
+
+def save_tiny_encoder(vocab: Path, folder: Path) -> Path:
+    """The conftest's tiny random BERT as a local Hugging Face folder (what --encoder takes)."""
+    rec = make_tiny_recommender(vocab, tiny_config())
+    base = rec.model.encoder.unload()  # the plain BertModel, LoRA layers removed
+    base.save_pretrained(str(folder))
+    rec.tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def save_tiny_adapter(
+    vocab: Path, folder: Path, *, seed: int, scale: float = 0.3, round_: int = 1, **lora: object
+) -> Path:
+    """A random (non-zero) adapter for the tiny encoder, saved the way the coordinator saves."""
+    cfg = tiny_config(**lora)
+    rec = make_tiny_recommender(vocab, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in rec.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return save_adapter(
+        get_adapter_arrays(rec), cfg, folder, metadata={"round": round_, "model": TOKEN_LIMITS}
+    )

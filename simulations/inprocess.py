@@ -1,0 +1,106 @@
+"""The same federation as the Flower app, in one process: for experiments and baselines.
+
+It calls the very functions the ClientApp calls (``train_round``, ``evaluate_split``) and averages
+adapters the way FedAvg does (weighted by trainable users), so figures match the Flower path up to
+randomness; it only skips the messaging. ``fedxrec simulate`` is the product path; this is what
+``fedxrec compare`` uses to run many methods and seeds in reasonable time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from clients.dataset import PlatformData
+from clients.evaluation import evaluate_split
+from clients.privacy import PrivacyBudgetExceeded, PrivacyLedger
+from clients.training import train_round, trainable_users
+from shared.adapter import get_adapter_arrays, set_adapter_arrays
+from shared.config import FedxrecConfig
+from shared.model import Recommender
+
+Arrays = OrderedDict[str, np.ndarray]
+Log = Callable[[str], None]
+
+
+def weighted_average(updates: list[tuple[Arrays, float]]) -> Arrays:
+    total = sum(w for _, w in updates)
+    out: Arrays = OrderedDict()
+    for arrays, weight in updates:
+        for name, value in arrays.items():
+            out[name] = out.get(name, 0.0) + value * (weight / total)
+    return OrderedDict((k, v.astype(np.float32)) for k, v in out.items())
+
+
+def federate(
+    rec: Recommender,
+    platforms: list[PlatformData],
+    cfg: FedxrecConfig,
+    *,
+    state_dir: str | Path | None = None,
+    run_id: str = "inprocess",
+    on_round: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+    log: Log = print,
+) -> Arrays:
+    """FedAvg over ``platforms`` for ``cfg.federation.rounds`` rounds; returns the global adapter.
+
+    ``on_round(r, train_metrics)`` is called after each round with the global adapter loaded.
+    A single platform makes this local-only training; pooled data makes it centralized.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(state_dir or tmp)
+        ledgers = {
+            p.name: PrivacyLedger.open(
+                state / p.name,
+                platform=p.name,
+                num_users=p.num_users,
+                delta=cfg.privacy.delta,
+                epsilon_budget=cfg.privacy.epsilon,
+                accountant=cfg.privacy.accountant,
+            )
+            if cfg.privacy.enabled
+            else None
+            for p in platforms
+        }
+        global_arrays = get_adapter_arrays(rec)
+        rounds = cfg.federation.rounds
+        for server_round in range(1, rounds + 1):
+            updates, metrics = [], {}
+            for data in platforms:
+                set_adapter_arrays(rec, global_arrays)
+                try:
+                    result = train_round(
+                        rec,
+                        data,
+                        cfg,
+                        ledger=ledgers[data.name],
+                        run_id=run_id,
+                        server_round=server_round,
+                        rounds_left=rounds - server_round + 1,
+                    )
+                except PrivacyBudgetExceeded as err:
+                    log(f"[fedxrec] {err}")
+                    continue
+                updates.append((get_adapter_arrays(rec), float(len(trainable_users(data)))))
+                metrics[data.name] = {
+                    "loss": result.loss,
+                    "epsilon": result.epsilon,
+                    "noise_multiplier": result.noise_multiplier,
+                    "delta": result.delta,
+                }
+            if updates:
+                global_arrays = weighted_average(updates)
+            set_adapter_arrays(rec, global_arrays)
+            if on_round:
+                on_round(server_round, metrics)
+        return global_arrays
+
+
+def evaluate_all(
+    rec: Recommender, platforms: list[PlatformData], split: str
+) -> dict[str, dict[str, float]]:
+    return {p.name: evaluate_split(rec, p, split) for p in platforms}

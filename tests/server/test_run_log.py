@@ -1,0 +1,46 @@
+import json
+
+from server.run_log import FederationLog
+from shared.config import FedxrecConfig
+from simulations.report import render_report, results_table
+
+
+def _ranking(x):
+    return {"recall@10": x, "recall@20": x, "ndcg@10": x, "ndcg@20": x, "mrr": x, "num-examples": 5.0}
+
+
+def _train(loss, eps):
+    return {"train-loss": loss, "epsilon": eps, "delta": 0.01, "noise-multiplier": 1.1,
+            "steps": 3.0, "seconds": 1.0}
+
+
+def _log():
+    log = FederationLog.start(FedxrecConfig(), run_id="7")
+    log.record_platform("a", 10, 20)
+    log.record_platform("b", 12, 30)
+    log.record_evaluation(0, {"a": _ranking(0.1), "b": _ranking(0.2)})
+    log.record_training(1, {"a": _train(3.0, 2.5)}, {"b": "budget exhausted"})
+    log.record_evaluation(1, {"a": _ranking(0.3), "b": _ranking(0.2)})
+    log.record_final({"a": _ranking(0.1), "b": _ranking(0.2)}, {"a": _ranking(0.3), "b": _ranking(0.25)})
+    return log
+
+
+def test_rounds_are_recorded_per_platform_and_survive_a_round_trip(tmp_path):
+    log = _log()
+    log.write(tmp_path)
+    again = FederationLog.read(tmp_path)
+    assert again.completed_rounds == 1
+    assert again.rounds[1]["platforms"]["a"]["loss"] == 3.0
+    assert again.rounds[1]["platforms"]["a"]["validation"]["ndcg@10"] == 0.3
+    assert again.rounds[1]["refused"] == {"b": "budget exhausted"}
+    assert again.epsilon_spent() == {"a": 2.5, "b": 0.0}
+    assert json.loads((tmp_path / "metrics.json").read_text())["dataset"] == "ml-100k"
+
+
+def test_report_shows_both_models_and_the_refusal():
+    log = _log()
+    rows = results_table(log)
+    assert rows[1][:2] == ["a", "zero-shot"] and rows[2][:2] == ["a", "federated"]
+    assert rows[2][rows[0].index("ndcg@10")] == "0.3000" and rows[2][-1] == "2.5000"
+    text = render_report(log)
+    assert "round 1, b: budget exhausted" in text and "| a NDCG@10" in text

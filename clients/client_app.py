@@ -15,14 +15,10 @@ from clients.evaluation import evaluate_split
 from clients.privacy import PrivacyBudgetExceeded, PrivacyLedger
 from clients.site import Site, site_from_node_config
 from clients.training import train_round
-from shared.adapter import (
-    from_array_record,
-    get_adapter_arrays,
-    set_adapter_arrays,
-    to_array_record,
-)
+from shared.adapter import get_adapter_arrays, set_adapter_arrays
 from shared.config import FedxrecConfig
 from shared.model import Recommender, build_recommender, pick_device
+from shared.records import from_array_record, to_array_record
 
 # Error codes of a site's refusal, read by the coordinator.
 BUDGET_EXHAUSTED = 4001

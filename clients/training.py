@@ -1,10 +1,14 @@
 """Local training on one platform: one example = one user, DP-SGD with Opacus (hooks mode).
 
 Each example is one user: a random cut of their training history into (history → next item). The
-user's history text and the positive item are encoded with gradients; every other catalogue item is
-scored with vectors computed once per round by the frozen global model. The loss of an example
-therefore depends only on that user's data and public catalogue items (DESIGN.md): no in-batch
-negatives, so per-example clipping bounds each user's influence and Opacus' guarantee holds.
+user's history text is encoded with gradients and scored (full softmax) against every catalogue
+item's vector, computed once per round by the frozen global model. The loss of an example therefore
+depends only on that user's data and public catalogue items (DESIGN.md): no in-batch negatives, so
+per-example clipping bounds each user's influence and Opacus' guarantee holds.
+
+The target item is scored with its frozen vector too, like every other item. Encoding it with
+gradients while negatives stay frozen lets the encoder "win" by pulling all texts together (user
+and positive move, negatives cannot), which lowers the loss and destroys the ranking.
 """
 
 from __future__ import annotations
@@ -72,12 +76,8 @@ def example_losses(
     """Per-example softmax loss over the whole catalogue, shape [batch]."""
     cfg = rec.config
     users = model(**rec.tokenize(batch.history_texts, cfg.max_history_tokens))
-    positives = model(
-        **rec.tokenize([data.item_texts[t] for t in batch.targets], cfg.max_item_tokens)
-    )
     targets = torch.as_tensor(batch.targets, device=users.device)
     logits = users @ item_vectors.T
-    logits = logits.scatter(1, targets[:, None], (users * positives).sum(-1, keepdim=True))
     seen = torch.zeros_like(logits, dtype=torch.bool)
     for row, history in enumerate(batch.histories):
         seen[row, history] = True

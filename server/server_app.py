@@ -16,9 +16,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from server.run_log import FederationLog
-from shared.adapter import from_array_record, get_adapter_arrays, save_adapter, to_array_record
+from shared.adapter import get_adapter_arrays, save_adapter
 from shared.config import ConfigError, FedxrecConfig
 from shared.model import build_recommender, resolve_encoder
+from shared.records import from_array_record, to_array_record
 
 app = ServerApp()
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
@@ -72,16 +71,6 @@ def check_arrays_fit(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int,
             )
         if not np.all(np.isfinite(arrays[name])):
             raise AdapterError(f"adapter tensor '{name}' holds NaN or infinite values")
-
-
-def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(
-        {k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
-    )
-
-
-def from_array_record(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
-    return OrderedDict((k, record[k].numpy()) for k in record)
 
 
 def adapter_nbytes(arrays: dict[str, np.ndarray]) -> int:

@@ -92,8 +92,7 @@ def test_dp_step_without_noise_or_clipping_equals_plain_step(
 
 
 def test_per_sample_gradients_are_each_users_own(tiny_rec, tiny_platform):
-    """Opacus' per-sample gradient of example i equals the gradient of example i alone, although
-    the encoder runs twice per batch (history and positive item)."""
+    """Opacus' per-sample gradient of example i equals the gradient of example i alone."""
     data = tiny_platform
     # a non-zero adapter so that lora_A gets gradients too
     with torch.no_grad():

@@ -94,8 +94,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     try:
         cfg, site, rec = _setup(msg, context)
         data = site.load_data(cfg)
-        split = str(msg.content["config"].get("split", "validation"))
-        metrics = evaluate_split(rec, data, split)
+        config = msg.content["config"]
+        split = str(config.get("split", "validation"))
+        # The first N users by ID: a fixed sample (the MovieLens platforms name users in random order).
+        limit = int(config.get("max-users", 0)) or data.num_users
+        metrics = evaluate_split(rec, data, split, users=list(range(min(limit, data.num_users))))
     except ValueError as err:
         return _refuse(msg, SITE_FAILED, f"{type(err).__name__}: {err}")
     metrics["num-examples"] = metrics.pop("users")

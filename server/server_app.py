@@ -134,7 +134,8 @@ class Coordinator:
         return {self._name(m): m.error.reason for m in replies if m.has_error()}
 
     def _evaluate(self, arrays: ArrayRecord, split: str) -> dict[str, dict[str, float]]:
-        replies = self._send(MessageType.EVALUATE, arrays, {"split": split})
+        users = self.cfg.federation.eval_users if split == "validation" else 0
+        replies = self._send(MessageType.EVALUATE, arrays, {"split": split, "max-users": users})
         for name, reason in self._refusals(replies).items():
             print(f"[fedxrec] {name} could not evaluate: {reason}", flush=True)
         return self._by_platform(m for m in replies if not m.has_error())

@@ -28,7 +28,7 @@ class ModelConfig:
     lora_dropout: float = 0.0
     target_modules: str = "query,value"
     max_item_tokens: int = 32
-    max_history_tokens: int = 96
+    max_history_tokens: int = 64
     temperature: float = 0.05  # softmax temperature over cosine scores
 
     def validate(self) -> None:
@@ -49,7 +49,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    local_epochs: float = 1.0  # expected passes over the platform's users per round
+    local_epochs: float = 0.5  # expected passes over the platform's users per round
     batch_size: int = 32  # expected (Poisson) batch size
     learning_rate: float = 2e-3
     seed: int = 0
@@ -87,6 +87,7 @@ class FederationConfig:
     platforms: int = 0  # sites to wait for before round 1; 0 = the simulation's platform count
     min_nodes: int = 0  # successful replies a round needs to count; 0 = every platform
     round_timeout: float = 3600.0  # seconds to wait for the sites' replies in a round
+    eval_users: int = 200  # users per platform in each round's validation (0 = all); test uses all
     seed: int = 0  # initial adapter
     out_dir: str = ""  # where the coordinator writes adapters and metrics; "" = nowhere
 
@@ -95,6 +96,7 @@ class FederationConfig:
         _check(self.platforms >= 0, "federation.platforms", "must be >= 0")
         _check(self.min_nodes >= 0, "federation.min_nodes", "must be >= 0")
         _check(self.round_timeout > 0, "federation.round_timeout", "must be > 0")
+        _check(self.eval_users >= 0, "federation.eval_users", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,10 @@ def load_base_encoder(cfg: ModelConfig) -> nn.Module:
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout"):
             if hasattr(config, key):
                 setattr(config, key, 0.0)
-        return AutoModel.from_pretrained(source, config=config, local_files_only=True)
+        # float32 whatever the checkpoint stores: DP-SGD and exact scores want full precision
+        return AutoModel.from_pretrained(
+            source, config=config, local_files_only=True, dtype=torch.float32
+        )
     except (OSError, ValueError) as err:
         raise EncoderUnavailableError(_unavailable(source, err)) from None
 

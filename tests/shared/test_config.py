@@ -64,3 +64,13 @@ def test_override_syntax():
     assert parse_overrides(["a.b=word", "a.c=1.5"]) == {"a.b": "word", "a.c": 1.5}
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_overrides(["novalue"])
+
+
+def test_flower_app_config_lists_every_key_with_its_default():
+    """`flwr run --run-config` only accepts keys present in pyproject's app config."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    app_config = pyproject["tool"]["flwr"]["app"]["config"]
+    assert app_config == FedxrecConfig().to_flat()

@@ -42,7 +42,11 @@ def test_outputs_and_metrics(simulation):
             assert set(m["validation"]) >= {"recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr"}
     last = metrics["rounds"][-1]["platforms"]
     assert all(0 < m["epsilon"] <= 8.0 for m in last.values())
-    assert set(metrics["final"]["zero_shot"]) == set(metrics["final"]["federated"]) == {"action", "comedy"}
+    assert (
+        set(metrics["final"]["zero_shot"])
+        == set(metrics["final"]["federated"])
+        == {"action", "comedy"}
+    )
     report = (simulation / "report.md").read_text()
     assert "zero-shot" in report and "federated" in report and "ml-100k" in report
 
@@ -70,12 +74,13 @@ def test_global_adapter_changed_and_loads_with_peft(simulation):
 
 def test_no_process_left_behind(simulation):
     import os
+    from pathlib import Path
 
     needle = TAG_VARIABLE.encode()
     left = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if needle in open(f"/proc/{pid}/environ", "rb").read():
+            if needle in Path(f"/proc/{pid}/environ").read_bytes():
                 left.append(pid)
         except OSError:
             pass

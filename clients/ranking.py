@@ -6,7 +6,8 @@ encoder over the item text). Both are L2-normalised, so the score is their dot p
 
 Search is brute force in float32 on the scoring device, so results are exact (no approximate
 index); a catalogue larger than the device's memory can stay on the host and is streamed through
-the device in chunks, keeping a running top-K.
+the device in chunks, keeping a running top-K. Items with equal scores are listed in catalogue
+order (which of several items tied at the K-th place gets in is not specified).
 
 Explanation ("because"): for a recommended item r and each history item h, the cosine similarity
 of their item vectors, v_h · v_r; the ``explain_top`` history items with the highest similarity
@@ -137,6 +138,7 @@ def top_k(
     return best_scores, best_rows
 
 
+@torch.inference_mode()
 def recommend(
     rec: Recommender,
     index: ItemIndex,
@@ -158,7 +160,9 @@ def recommend(
     for q, (labels, vectors), user_scores, user_rows in zip(
         queries, evidence, scores_host, rows_host, strict=True
     ):
-        kept = [(s, r) for s, r in zip(user_scores, user_rows, strict=True) if s != float("-inf")]
+        pairs = zip(user_scores, user_rows, strict=True)
+        # equal scores in catalogue order, so equal inputs always give the same list
+        kept = sorted(((s, r) for s, r in pairs if s != float("-inf")), key=lambda p: (-p[0], p[1]))
         kept = kept[: q.k]
         results.append(_explained(index, kept, labels, vectors, explain_top))
     return results
@@ -179,8 +183,8 @@ def _evidence(
             out.append(([(None, p) for p in ps], part_vectors[offset : offset + len(ps)]))
             offset += len(ps)
             continue
-        # most recent first, each item once: the same order history_text gives the encoder
-        rows = list(dict.fromkeys(reversed(q.history_rows)))[:MAX_HISTORY_ITEMS]
+        # the items history_text gives the encoder (the most recent first), each once
+        rows = list(dict.fromkeys(q.history_rows[::-1][:MAX_HISTORY_ITEMS]))
         labels = [(index.items[r].item_id, index.items[r].title) for r in rows]
         out.append((labels, index.vectors[torch.tensor(rows, device=index.vectors.device)]))
     return out

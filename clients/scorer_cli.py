@@ -10,6 +10,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from clients.dataset import build_platform, read_interactions
 from clients.ranking import Query, Recommendation, query_for_ids, recommend
 from clients.scorer_model import PRECISIONS, SiteScorer, load_site_scorer
@@ -92,9 +94,19 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="where item vectors are cached (default: $FEDXREC_CACHE_DIR or ~/.cache/fedxrec)",
     )
     parser.add_argument("--no-cache", action="store_true", help="encode every item, cache nothing")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0 = torch's default: one per core)",
+    )
 
 
 def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
+    if args.threads < 0:
+        raise ValueError(f"--threads {args.threads}: use 0 (torch's default) or more")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return load_site_scorer(
         args.adapter,
         args.items,
@@ -210,3 +222,17 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     server.run(sockets=[sock])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m clients.scorer_cli rank|serve ...`: the scorer alone, without importing the
+    federation's subcommands (a site machine that only ranks needs no Flower or Opacus)."""
+    from simulations.cli import main as fedxrec_main
+
+    parser = argparse.ArgumentParser(prog="python -m clients.scorer_cli")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    return fedxrec_main(argv, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

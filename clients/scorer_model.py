@@ -163,6 +163,9 @@ def load_scorer_model(
     fingerprint = encoder_fingerprint(base, tokenizer)
     rec = build_recommender(cfg, device=target, base=base, tokenizer=tokenizer)
     set_adapter_arrays(rec, arrays)
+    # Inference only: fold B·A into the base weights, so a forward pass costs what the base
+    # encoder's does (peft keeps the LoRA tensors, so the adapter stays readable).
+    rec.model.peft_model.merge_adapter()
     rec.model.eval()
     if precision == "fp16":
         rec.model.half()

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict
 from clients.item_index import UnknownItemError
 from clients.ranking import Query, Recommendation, query_for_ids, recommend
 from clients.scorer_model import SiteScorer
+from shared.adapter import CONFIG_FILE, META_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,10 @@ class BadRequest(ValueError):
 
 def check_rank_body(body: RankBody, snapshot: SiteScorer) -> Query:
     """Turn a request into a query against ``snapshot``'s catalogue, or say what is wrong."""
-    size = len(snapshot.index)
-    if not 1 <= body.k <= min(MAX_K, size):
+    if not 1 <= body.k <= MAX_K:
         raise BadRequest(
-            f"k={body.k} is out of range: ask for 1 to {min(MAX_K, size)} items "
-            f"(this catalogue has {size})"
+            f"k={body.k} is out of range: ask for 1 to {MAX_K} items (fewer come back when the "
+            f"catalogue, {len(snapshot.index)} items here, has fewer left)"
         )
     if isinstance(body.history, str):
         if not body.history.strip():
@@ -228,8 +228,6 @@ def files_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int] | None,
 
 
 def watched_files(adapter_dir: Path, items_file: Path) -> list[Path]:
-    from shared.adapter import CONFIG_FILE, META_FILE, WEIGHTS_FILE
-
     return [
         adapter_dir / CONFIG_FILE,
         adapter_dir / WEIGHTS_FILE,
@@ -253,7 +251,6 @@ class BatchStats:
     batches: int = 0
     requests: int = 0
     largest: int = 0
-    sizes: list[int] = field(default_factory=list, repr=False)
 
 
 class RankBatcher:

@@ -21,7 +21,7 @@ def adapter_dir(tiny_vocab, tmp_path):
 
 def _load(adapter, items_file, encoder_dir, cache):
     return load_site_scorer(
-        adapter, items_file, encoder=str(encoder_dir), cache_dir=cache, progress=False
+        adapter, items_file, encoder=str(encoder_dir), cache_dir=cache, progress=False, device="cpu"
     )
 
 
@@ -33,10 +33,12 @@ def test_index_holds_the_adapted_vectors_of_each_item(adapter_dir, platform_dir,
     one_by_one = torch.cat([rec.encode_items([item_text(i)]) for i in index.items])
     torch.testing.assert_close(index.vectors, one_by_one, atol=1e-5, rtol=0)
     torch.testing.assert_close(index.vectors.norm(dim=1), torch.ones(len(index)))
+    rec.model.peft_model.unmerge_adapter()  # the scorer folds LoRA into the weights: same vectors
+    torch.testing.assert_close(rec.encode_items([item_text(index.items[0])])[0], index.vectors[0])
 
 
 def test_length_grouped_batches_keep_catalogue_order(adapter_dir, encoder_dir):
-    rec = load_scorer_model(adapter_dir, encoder=str(encoder_dir)).rec
+    rec = load_scorer_model(adapter_dir, encoder=str(encoder_dir), device="cpu").rec
     texts = ["a", "star wars the matrix toy story", "heat", "fargo (1996). categories: crime", "b"]
     grouped = encode_texts(rec, texts, max_tokens=16, batch_size=2, progress=False)
     alone = torch.cat([rec.encode([t], 16) for t in texts])
@@ -100,11 +102,11 @@ def test_adapter_settings_come_from_the_adapter_folder(tiny_vocab, tmp_path, enc
     )
     cfg = model_config_for_adapter(folder, str(encoder_dir))
     assert (cfg.lora_r, cfg.target_module_list, cfg.max_history_tokens) == (4, ["query"], 32)
-    rec = load_scorer_model(folder, encoder=str(encoder_dir)).rec
+    rec = load_scorer_model(folder, encoder=str(encoder_dir), device="cpu").rec
     assert rec.has_adapter and rec.config.lora_r == 4
     (folder / "adapter_model.safetensors").unlink()
     with pytest.raises(AdapterError, match="adapter_model.safetensors is missing"):
-        load_scorer_model(folder, encoder=str(encoder_dir))
+        load_scorer_model(folder, encoder=str(encoder_dir), device="cpu")
     with pytest.raises(AdapterError, match="adapter_config.json is missing"):
         model_config_for_adapter(tmp_path / "nowhere")
 
@@ -122,6 +124,8 @@ def test_default_cache_folder_and_no_cache(
     items_file = platform_dir / "items.csv"
     _load(adapter_dir, items_file, encoder_dir, "")  # "" = no cache
     assert not (tmp_path / "cache-root").exists()
-    scorer = load_site_scorer(adapter_dir, items_file, encoder=str(encoder_dir), progress=False)
+    scorer = load_site_scorer(
+        adapter_dir, items_file, encoder=str(encoder_dir), progress=False, device="cpu"
+    )
     assert (default_cache_dir(items_file) / f"{scorer.model.fingerprint}.safetensors").is_file()
     assert default_cache_dir(items_file).parent == tmp_path / "cache-root"

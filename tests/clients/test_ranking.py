@@ -29,7 +29,11 @@ def adapter_dir(tiny_vocab, tmp_path_factory):
 @pytest.fixture
 def scorer(adapter_dir, encoder_dir, platform_dir):
     return load_site_scorer(
-        adapter_dir, platform_dir / "items.csv", encoder=str(encoder_dir), cache_dir=""
+        adapter_dir,
+        platform_dir / "items.csv",
+        encoder=str(encoder_dir),
+        cache_dir="",
+        device="cpu",
     )
 
 
@@ -135,6 +139,7 @@ def test_rank_command_json_and_table(capsys, scorer, adapter_dir, encoder_dir, p
     common = [
         "--adapter", str(adapter_dir), "--items", str(platform_dir / "items.csv"),
         "--encoder", str(encoder_dir), "--cache-dir", str(platform_dir / "cache"),
+        "--device", "cpu",
     ]  # fmt: skip
     code, out, _ = _cli(
         capsys, "rank", *common, "--history", "m1,m2", "--k", "3", "--format", "json"
@@ -172,7 +177,9 @@ def test_real_encoder_ranks_exactly(tmp_path, platform_dir):
     """all-MiniLM-L6-v2 with a fresh (identity) adapter: exact ranking and a sane top item."""
     cfg = ModelConfig()
     save_adapter(get_adapter_arrays(build_recommender(cfg)), cfg, tmp_path / "adapter")
-    scorer = load_site_scorer(tmp_path / "adapter", platform_dir / "items.csv", cache_dir="")
+    scorer = load_site_scorer(
+        tmp_path / "adapter", platform_dir / "items.csv", cache_dir="", device="cpu"
+    )
     assert scorer.model.rec.dim == 384
     (recs,) = recommend(scorer.model.rec, scorer.index, [Query(text="Toy Story (1995)", k=8)])
     scores, expected = brute_force(scorer, "Toy Story (1995)", 8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from simulations.report import format_table, render_report, results_table
 from simulations.superlink import FlowerRunError, local_superlink
 
 APP_DIR = Path(__file__).resolve().parents[1]
+RAY_PREFIX = re.compile(r"(\x1b\[\d+m)?\((ClientAppActor|raylet)[^)]*\)(\x1b\[0m)?\s*")
 OUTPUTS = ("platforms", "state", "rounds", "adapter", METRICS_FILE, "report.md", "flower.log")
 
 
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     def show(line: str) -> None:
         if args.verbose or "[fedxrec]" in line or "ERROR" in line or "refuses" in line:
-            print(line, end="", flush=True)
+            print(RAY_PREFIX.sub("", line), end="", flush=True)
 
     try:
         with local_superlink(out / ".flwr", simulation=True, use_gpu=use_gpu) as link:

@@ -126,8 +126,13 @@ def train_round(
     server_round: int = 1,
     rounds_left: int = 1,
     progress: Progress | None = None,
+    item_vectors: torch.Tensor | None = None,
 ) -> TrainResult:
-    """Train ``rec``'s adapter in place for one round; returns what the reply reports."""
+    """Train ``rec``'s adapter in place for one round; returns what the reply reports.
+
+    ``item_vectors`` are the catalogue's vectors under the round's global model, if the caller
+    has them already (the site caches them); they are computed here otherwise.
+    """
     start = time.perf_counter()
     users = trainable_users(data)
     if not users:
@@ -140,7 +145,8 @@ def train_round(
     rng = random.Random(f"{tc.seed}:{run_id}:{server_round}:{data.name}")
     torch.manual_seed(rng.randrange(2**31))
 
-    item_vectors = rec.encode_items(data.item_texts)  # the round's frozen global model
+    if item_vectors is None:
+        item_vectors = rec.encode_items(data.item_texts)  # the round's frozen global model
     params = [p for p in rec.model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.learning_rate)
     loader = torch.utils.data.DataLoader(

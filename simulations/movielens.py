@@ -34,10 +34,10 @@ def dataset_folder(name: str) -> tuple[Path, str]:
 
 
 def _atomic_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    """RecBole atomic files: tab-separated, header cells like 'item_id:token'."""
+    """RecBole atomic files: tab-separated, header cells like 'item_id:token' (ML-1M has CRLF ends)."""
     with path.open(encoding="utf-8", errors="replace") as fh:
-        header = [h.split(":")[0] for h in fh.readline().rstrip("\n").split("\t")]
-        rows = [line.rstrip("\n").split("\t") for line in fh if line.strip()]
+        header = [h.split(":")[0] for h in fh.readline().rstrip("\r\n").split("\t")]
+        rows = [line.rstrip("\r\n").split("\t") for line in fh if line.strip()]
     return header, rows
 
 

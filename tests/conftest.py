@@ -34,7 +34,7 @@ def tiny_model_config() -> ModelConfig:
 
 def make_tiny_recommender(vocab: Path, cfg: ModelConfig, seed: int = 0) -> Recommender:
     torch.manual_seed(1234)  # the same "pretrained" base every time
-    tokenizer = BertTokenizer(vocab_file=str(vocab))
+    tokenizer = BertTokenizer(vocab=str(vocab))  # transformers 5: `vocab`, not `vocab_file`
     base = BertModel(
         BertConfig(
             vocab_size=tokenizer.vocab_size,

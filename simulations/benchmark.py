@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default 32)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs (default 3)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--encoder", default="", help="encoder folder (default: the installed MiniLM)")
+    parser.add_argument(
+        "--encoder", default="", help="encoder folder (default: the installed MiniLM)"
+    )
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     upload, file_bytes, encoder = measure_sizes(args.encoder)

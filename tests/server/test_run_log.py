@@ -6,12 +6,25 @@ from simulations.report import render_report, results_table
 
 
 def _ranking(x):
-    return {"recall@10": x, "recall@20": x, "ndcg@10": x, "ndcg@20": x, "mrr": x, "num-examples": 5.0}
+    return {
+        "recall@10": x,
+        "recall@20": x,
+        "ndcg@10": x,
+        "ndcg@20": x,
+        "mrr": x,
+        "num-examples": 5.0,
+    }
 
 
 def _train(loss, eps):
-    return {"train-loss": loss, "epsilon": eps, "delta": 0.01, "noise-multiplier": 1.1,
-            "steps": 3.0, "seconds": 1.0}
+    return {
+        "train-loss": loss,
+        "epsilon": eps,
+        "delta": 0.01,
+        "noise-multiplier": 1.1,
+        "steps": 3.0,
+        "seconds": 1.0,
+    }
 
 
 def _log():
@@ -21,7 +34,9 @@ def _log():
     log.record_evaluation(0, {"a": _ranking(0.1), "b": _ranking(0.2)})
     log.record_training(1, {"a": _train(3.0, 2.5)}, {"b": "budget exhausted"})
     log.record_evaluation(1, {"a": _ranking(0.3), "b": _ranking(0.2)})
-    log.record_final({"a": _ranking(0.1), "b": _ranking(0.2)}, {"a": _ranking(0.3), "b": _ranking(0.25)})
+    log.record_final(
+        {"a": _ranking(0.1), "b": _ranking(0.2)}, {"a": _ranking(0.3), "b": _ranking(0.25)}
+    )
     return log
 
 

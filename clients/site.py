@@ -2,6 +2,8 @@
 
 Deployment: the SuperNode's node config names them, e.g.
 ``flower-supernode --node-config "platform='books' data-path='/srv/books' state-dir='/var/fedxrec'"``.
+``keep-updates=true`` also keeps a copy of every adapter the site sends, on its own disk
+(``state-dir/updates/RUN/round-NNN``), for the site's audit.
 Simulation: the node's ``partition-id`` indexes ``simulation.platform_names``, whose folders
 ``fedxrec simulate`` prepared under ``simulation.platform_root`` / ``simulation.state_root``.
 """
@@ -25,6 +27,7 @@ class Site:
     platform: str
     data_path: Path
     state_dir: Path
+    keep_updates: bool = False
 
     def load_data(self, cfg: FedxrecConfig) -> PlatformData:
         return load_platform(
@@ -41,7 +44,8 @@ def site_from_node_config(node_config: dict[str, Any], cfg: FedxrecConfig) -> Si
                 f"node config of platform '{platform}' has no state-dir: name a folder on this "
                 "site's disk for its privacy ledger, e.g. --node-config \"... state-dir='/var/fedxrec'\""
             )
-        return Site(platform, data_path, Path(str(node_config["state-dir"])))
+        keep = str(node_config.get("keep-updates", "false")).lower() == "true"
+        return Site(platform, data_path, Path(str(node_config["state-dir"])), keep)
     if "partition-id" in node_config:
         names = [n for n in cfg.simulation.platform_names.split(",") if n]
         pid = int(node_config["partition-id"])

@@ -30,6 +30,7 @@ class FederationLog:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     completed_rounds: int = 0
+    resumed: list[dict[str, Any]] = field(default_factory=list)  # runs that continued it
 
     @classmethod
     def start(cls, cfg: FedxrecConfig, run_id: str) -> FederationLog:
@@ -49,7 +50,11 @@ class FederationLog:
         return self.rounds[-1]
 
     def record_training(
-        self, server_round: int, metrics: dict[str, dict[str, float]], refused: dict[str, str]
+        self,
+        server_round: int,
+        metrics: dict[str, dict[str, float]],
+        refused: dict[str, str],
+        bytes_up: dict[str, int] | None = None,
     ) -> None:
         entry = self._round(server_round)
         for name, m in metrics.items():
@@ -63,7 +68,17 @@ class FederationLog:
                     "train_seconds": m["seconds"],
                 }
             )
+        for name, nbytes in (bytes_up or {}).items():
+            entry["platforms"].setdefault(name, {})["bytes_up"] = nbytes
         entry["refused"].update(refused)
+
+    def resume_after(self, server_round: int, run_id: str, config: dict[str, Any]) -> None:
+        """Forget anything past ``server_round`` (the checkpoint's) and note the new run."""
+        self.rounds = [r for r in self.rounds if r["round"] <= server_round]
+        self.completed_rounds = server_round
+        self.final = {}
+        self.config = config
+        self.resumed.append({"run_id": run_id, "from_round": server_round + 1})
 
     def record_evaluation(self, server_round: int, metrics: dict[str, dict[str, float]]) -> None:
         entry = self._round(server_round)

@@ -2,24 +2,31 @@
 
 Round 0 evaluates the untuned encoder (zero-shot). Each round sends the global adapter to every
 platform, averages the adapters that come back (weighted by the platforms' user counts), saves the
-new global adapter (peft format) and the round's metrics, then evaluates it on every platform's
-validation split. The end evaluates zero-shot and federated adapters on the test split.
+new global adapter (peft format), the round's metrics and a checkpoint, then evaluates it on every
+platform's validation split. The end evaluates zero-shot and federated adapters on the test split.
+
+``federation.secure_aggregation=true`` averages under SecAgg+ instead (server/aggregation.py): the
+coordinator then only ever sees the sum, never one site's adapter. ``federation.resume=true``
+continues a stopped federation from its checkpoint in ``federation.out_dir``
+(server/checkpoint.py). A site that stops answering does not stop a round while
+``federation.min_nodes`` sites still reply within ``federation.round_timeout``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
-from server.run_log import FederationLog
-from shared.adapter import get_adapter_arrays, save_adapter
+from server.aggregation import SecureAggregation, TrainOutcome, fedavg_round
+from server.checkpoint import Checkpoint, CheckpointError
+from server.run_log import METRICS_FILE, FederationLog
+from shared.adapter import adapter_hash, get_adapter_arrays, read_adapter, save_adapter
 from shared.config import ConfigError, FedxrecConfig
 from shared.model import build_recommender, resolve_encoder
-from shared.records import from_array_record, to_array_record
+from shared.records import array_record_nbytes, from_array_record, to_array_record
 
 app = ServerApp()
 
@@ -27,14 +34,15 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = FedxrecConfig.from_flat(dict(context.run_config), ignore_unknown=True)
-    Coordinator(grid, cfg, run_id=str(context.run_id)).run()
+    Coordinator(grid, cfg, context).run()
 
 
 class Coordinator:
     """One federation: the round loop, read top to bottom in ``run``."""
 
-    def __init__(self, grid: Grid, cfg: FedxrecConfig, run_id: str) -> None:
-        self.grid, self.cfg, self.run_id = grid, cfg, run_id
+    def __init__(self, grid: Grid, cfg: FedxrecConfig, context: Context) -> None:
+        self.grid, self.cfg, self.context = grid, cfg, context
+        self.run_id = str(context.run_id)
         fed = cfg.federation
         self.expected = fed.platforms or len(
             [n for n in cfg.simulation.platform_names.split(",") if n]
@@ -42,104 +50,177 @@ class Coordinator:
         if not self.expected:
             raise ConfigError("set federation.platforms to the number of sites that take part")
         self.min_replies = fed.min_nodes or self.expected
-        self.fedavg = FedAvg(
-            min_train_nodes=self.min_replies,
-            min_evaluate_nodes=self.min_replies,
-            min_available_nodes=self.expected,
-        )
-        self.log = FederationLog.start(cfg, run_id)
+        if fed.secure_aggregation and self.min_replies < 2:
+            raise ConfigError("secure aggregation needs at least 2 sites per round (min_nodes)")
+        self.log = FederationLog.start(cfg, self.run_id)
+        self.nodes: list[int] = []
+        self.platform_of: dict[int, str] = {}
+        self.secure: SecureAggregation | None = None
 
     # ---- the federation ------------------------------------------------------------------
     def run(self) -> None:
         fed = self.cfg.federation
-        self.nodes = self._wait_for_nodes()
-        self.platform_of = self._ask_platforms()
-        initial = get_adapter_arrays(build_recommender(self.cfg.model, seed=fed.seed))
-        arrays = to_array_record(initial)
-        self.log.record_evaluation(0, self._evaluate(arrays, "validation"))
-        zero_shot_test = self._evaluate(arrays, "test")
-        self._save(arrays, 0)
-        for server_round in range(1, fed.rounds + 1):
-            start = time.perf_counter()
-            replies = self._send(MessageType.TRAIN, arrays, {"server-round": server_round})
-            trained = [m for m in replies if not m.has_error()]
-            self.log.record_training(
-                server_round, self._by_platform(trained), self._refusals(replies)
-            )
-            if len(trained) >= self.min_replies:
-                arrays, _ = self.fedavg.aggregate_train(server_round, trained)
-            else:
-                print(
-                    f"[fedxrec] round {server_round}: only {len(trained)} of the {self.min_replies} "
-                    "sites needed replied; the global adapter is unchanged this round",
-                    flush=True,
-                )
-            self._save(arrays, server_round)
-            self.log.record_evaluation(server_round, self._evaluate(arrays, "validation"))
-            self.log.rounds[-1]["seconds"] = round(time.perf_counter() - start, 2)
-            self.log.write(fed.out_dir)
+        self._refresh_nodes(wait=True)
+        if fed.secure_aggregation:
+            self.secure = SecureAggregation(fed, self.context, self._max_weight())
+        first, arrays, zero_shot_test = self._resume() if fed.resume else self._start()
+        final_test = None
+        for server_round in range(first, fed.rounds + 1):
+            if server_round > first:
+                self._refresh_nodes()  # sites that joined, came back or left since
+            arrays, final_test = self._round(server_round, arrays)
+            self._checkpoint(server_round, arrays, zero_shot_test)
             self.log.print_round(server_round)
-        self.log.record_final(zero_shot_test, self._evaluate(arrays, "test"))
+        if final_test is None:  # resumed after the last round: nothing trained, test it now
+            final_test = self._evaluate(arrays, ("test",))["test"]
+        self.log.record_final(zero_shot_test, final_test)
         self.log.write(fed.out_dir)
 
-    # ---- messaging -----------------------------------------------------------------------
-    def _wait_for_nodes(self) -> list[int]:
+    def _round(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, dict | None]:
+        """Train, aggregate, save, validate (and test, after the last round); the same
+        bookkeeping whichever aggregation ran."""
+        start = time.perf_counter()
+        outcome = self._train(arrays, server_round)
+        self.log.record_training(
+            server_round,
+            self._by_platform(outcome.metrics),
+            self._by_platform(outcome.refused),
+            self._by_platform(outcome.bytes_up),
+        )
+        if outcome.arrays is not None:
+            arrays = outcome.arrays
+        else:
+            print(
+                f"[fedxrec] round {server_round}: fewer than the {self.min_replies} sites "
+                "needed trained; the global adapter is unchanged this round",
+                flush=True,
+            )
+        self.nodes = [n for n in self.nodes if n not in outcome.silent]
+        self._save(arrays, server_round)
+        last = server_round == self.cfg.federation.rounds  # the final adapter: test it now too
+        evaluation = self._evaluate(arrays, ("validation", "test") if last else ("validation",))
+        self.log.record_evaluation(server_round, evaluation["validation"])
+        entry = self.log.rounds[-1]
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        entry["bytes_down_per_site"] = array_record_nbytes(arrays)
+        self.log.write(self.cfg.federation.out_dir)
+        return arrays, evaluation.get("test")
+
+    def _start(self) -> tuple[int, ArrayRecord, dict]:
+        """Round 0: the initial adapter, evaluated zero-shot on validation and test."""
+        initial = get_adapter_arrays(
+            build_recommender(self.cfg.model, seed=self.cfg.federation.seed)
+        )
+        arrays = to_array_record(initial)
+        zero_shot = self._evaluate(arrays, ("validation", "test"))
+        self.log.record_evaluation(0, zero_shot["validation"])
+        self._save(arrays, 0)
+        self.log.write(self.cfg.federation.out_dir)
+        self._checkpoint(0, arrays, zero_shot["test"])
+        return 1, arrays, zero_shot["test"]
+
+    def _resume(self) -> tuple[int, ArrayRecord, dict]:
+        """Continue after the checkpoint's round, with its adapter, metrics and baseline."""
+        out = Path(self.cfg.federation.out_dir)
+        ckpt = Checkpoint.read(out)
+        model = {k: v for k, v in self.cfg.to_flat().items() if k.startswith("model.")}
+        if ckpt.model != model:
+            changed = sorted(k for k in model if ckpt.model.get(k) != model[k])
+            raise ConfigError(
+                f"cannot resume {out}: its adapter was trained with other settings ({changed}); "
+                "resume with the model.* settings of the stopped federation"
+            )
+        adapter = read_adapter(out / ckpt.adapter, self.cfg.model)
+        if adapter_hash(adapter) != ckpt.adapter_hash:
+            raise CheckpointError(f"{out / ckpt.adapter} is not the adapter the checkpoint names")
+        previous = FederationLog.read(out)
+        previous.platforms.update(self.log.platforms)
+        previous.resume_after(ckpt.round, self.run_id, self.cfg.to_flat())
+        self.log = previous
+        print(
+            f"[fedxrec] resuming {out} after round {ckpt.round} of {self.cfg.federation.rounds}",
+            flush=True,
+        )
+        return ckpt.round + 1, to_array_record(adapter), ckpt.zero_shot_test
+
+    def _max_weight(self) -> float:
+        """SecAgg+ scales each site's adapter by users / max_weight: the largest platform."""
+        if self.cfg.federation.secagg_max_weight:
+            return self.cfg.federation.secagg_max_weight
+        if not self.log.platforms:
+            raise RuntimeError("no site said which platform it is: nothing to aggregate")
+        return float(max(p["users"] for p in self.log.platforms.values()))
+
+    def _train(self, arrays: ArrayRecord, server_round: int) -> TrainOutcome:
+        if self.secure is not None:
+            return self.secure.round(
+                self.grid, self.nodes, arrays, server_round, min_replies=self.min_replies
+            )
+        return fedavg_round(
+            self.grid,
+            self.nodes,
+            arrays,
+            server_round,
+            timeout=self.cfg.federation.round_timeout,
+            min_replies=self.min_replies,
+        )
+
+    # ---- the sites -----------------------------------------------------------------------
+    def _refresh_nodes(self, wait: bool = False) -> None:
+        """The connected nodes; ask new ones which platform they are."""
         deadline = time.monotonic() + self.cfg.federation.round_timeout
-        while len(nodes := list(self.grid.get_node_ids())) < self.expected:
+        while len(nodes := sorted(self.grid.get_node_ids())) < self.expected and wait:
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"only {len(nodes)} of {self.expected} sites connected within "
                     f"{self.cfg.federation.round_timeout:.0f}s"
                 )
             time.sleep(1)
-        return sorted(nodes)
+        self.nodes = nodes
+        new = [n for n in nodes if n not in self.platform_of]
+        if new:
+            self._ask_platforms(new)
 
-    def _messages(self, kind: str, content: RecordDict) -> list[Message]:
-        return [Message(content=content, dst_node_id=n, message_type=kind) for n in self.nodes]
-
-    def _send(self, kind: str, arrays: ArrayRecord, config: dict) -> list[Message]:
-        content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
-        return list(
-            self.grid.send_and_receive(
-                self._messages(kind, content), timeout=self.cfg.federation.round_timeout
-            )
-        )
-
-    def _ask_platforms(self) -> dict[int, str]:
-        replies = self.grid.send_and_receive(
-            self._messages(MessageType.QUERY, RecordDict()),
-            timeout=self.cfg.federation.round_timeout,
-        )
-        names = {}
-        for m in replies:
+    def _ask_platforms(self, nodes: list[int]) -> None:
+        messages = [
+            Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes
+        ]
+        for m in self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout):
             node = m.metadata.src_node_id
             if m.has_error():
                 print(f"[fedxrec] site {node} failed to start: {m.error.reason}", flush=True)
                 continue
             info = m.content["info"]
-            names[node] = str(info["platform"])
-            self.log.record_platform(names[node], int(info["users"]), int(info["items"]))
-        return names
+            self.platform_of[node] = str(info["platform"])
+            self.log.record_platform(self.platform_of[node], int(info["users"]), int(info["items"]))
 
-    def _name(self, message: Message) -> str:
-        node = message.metadata.src_node_id
+    def _name(self, node: int) -> str:
         return self.platform_of.get(node, f"node-{node}")
 
-    def _by_platform(self, replies: Iterable[Message]) -> dict[str, dict[str, float]]:
-        return {
-            self._name(m): {k: float(v) for k, v in m.content["metrics"].items()} for m in replies
-        }
+    def _by_platform(self, per_node: dict) -> dict:
+        return {self._name(node): value for node, value in per_node.items()}
 
-    def _refusals(self, replies: Iterable[Message]) -> dict[str, str]:
-        return {self._name(m): m.error.reason for m in replies if m.has_error()}
+    def _evaluate(
+        self, arrays: ArrayRecord, splits: tuple[str, ...]
+    ) -> dict[str, dict[str, dict[str, float]]]:
+        """Every responsive site evaluates ``arrays``: split -> platform -> metrics."""
+        config = {"splits": ",".join(splits), "validation-users": self.cfg.federation.eval_users}
+        content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
+        messages = [
+            Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in self.nodes
+        ]
+        replies = self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
+        results: dict[str, dict[str, dict[str, float]]] = {split: {} for split in splits}
+        for m in replies:
+            name = self._name(m.metadata.src_node_id)
+            if m.has_error():
+                print(f"[fedxrec] {name} could not evaluate: {m.error.reason}", flush=True)
+                continue
+            for split in splits:
+                results[split][name] = {k: float(v) for k, v in m.content[split].items()}
+        return results
 
-    def _evaluate(self, arrays: ArrayRecord, split: str) -> dict[str, dict[str, float]]:
-        users = self.cfg.federation.eval_users if split == "validation" else 0
-        replies = self._send(MessageType.EVALUATE, arrays, {"split": split, "max-users": users})
-        for name, reason in self._refusals(replies).items():
-            print(f"[fedxrec] {name} could not evaluate: {reason}", flush=True)
-        return self._by_platform(m for m in replies if not m.has_error())
-
+    # ---- what survives the process -------------------------------------------------------
     def _save(self, arrays: ArrayRecord, server_round: int) -> None:
         out = self.cfg.federation.out_dir
         if not out:
@@ -155,3 +236,27 @@ class Coordinator:
             metadata=meta,
         )
         save_adapter(adapter, self.cfg.model, f"{out}/adapter", base_model=base, metadata=meta)
+
+    def _checkpoint(self, server_round: int, arrays: ArrayRecord, zero_shot_test: dict) -> None:
+        """Written last, after the round's adapter and metrics: it names only complete rounds."""
+        out = self.cfg.federation.out_dir
+        if not out:
+            return
+        fed, flat = self.cfg.federation, self.cfg.to_flat()
+        strategy = {
+            "name": "secagg+fedavg" if fed.secure_aggregation else "fedavg",
+            "weighted_by": "num-examples",
+            "min_replies": self.min_replies,
+            **({"secagg": self.secure.settings()} if self.secure is not None else {}),
+        }
+        run_ids = [self.log.run_id] + [r["run_id"] for r in self.log.resumed]
+        Checkpoint(
+            round=server_round,
+            adapter=f"rounds/round-{server_round:03d}",
+            adapter_hash=adapter_hash(from_array_record(arrays)),
+            metrics=METRICS_FILE,
+            strategy=strategy,
+            model={k: v for k, v in flat.items() if k.startswith("model.")},
+            zero_shot_test=zero_shot_test,
+            run_ids=run_ids,
+        ).write(out)

@@ -89,7 +89,16 @@ class FederationConfig:
     round_timeout: float = 3600.0  # seconds to wait for the sites' replies in a round
     eval_users: int = 200  # users per platform in each round's validation (0 = all); test uses all
     seed: int = 0  # initial adapter
-    out_dir: str = ""  # where the coordinator writes adapters and metrics; "" = nowhere
+    out_dir: str = ""  # where the coordinator writes adapters, metrics and its checkpoint
+    resume: bool = False  # continue the federation checkpointed in out_dir after its last round
+    # Secure aggregation (Flower's SecAgg+): the coordinator only ever sees the sum of adapters.
+    # The issue's `secure-aggregation = true` is `"federation.secure_aggregation" = true` here.
+    secure_aggregation: bool = False
+    secagg_shares: int = 3  # pieces each site's masking secrets are split into (> 2)
+    secagg_threshold: int = 2  # pieces needed to unmask a site that dropped out (< shares)
+    secagg_clipping_range: float = 2.0  # adapter weights must lie in ±this before quantisation
+    secagg_quantization_bits: int = 24  # levels per weight: 2**bits over the clipping range
+    secagg_max_weight: float = 0.0  # largest per-site weight (users); 0 = the largest platform
 
     def validate(self) -> None:
         _check(1 <= self.rounds <= 10000, "federation.rounds", "must be in [1, 10000]")
@@ -97,6 +106,25 @@ class FederationConfig:
         _check(self.min_nodes >= 0, "federation.min_nodes", "must be >= 0")
         _check(self.round_timeout > 0, "federation.round_timeout", "must be > 0")
         _check(self.eval_users >= 0, "federation.eval_users", "must be >= 0")
+        _check(self.secagg_shares >= 3, "federation.secagg_shares", "must be >= 3")
+        _check(
+            2 <= self.secagg_threshold < self.secagg_shares,
+            "federation.secagg_threshold",
+            "must be >= 2 and below federation.secagg_shares",
+        )
+        _check(self.secagg_clipping_range > 0, "federation.secagg_clipping_range", "must be > 0")
+        # The masked sums live modulo 2**32: leave room for adding up to 2**(32 - bits) sites.
+        _check(
+            8 <= self.secagg_quantization_bits <= 28,
+            "federation.secagg_quantization_bits",
+            "must be in [8, 28]",
+        )
+        _check(self.secagg_max_weight >= 0, "federation.secagg_max_weight", "must be >= 0")
+        _check(
+            not self.resume or bool(self.out_dir),
+            "federation.resume",
+            "needs federation.out_dir, the folder holding the checkpoint to continue from",
+        )
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,24 @@ installation disabled on a free loopback port, ``flwr run --stream`` against it,
 happens (failure, Ctrl-C, SIGTERM), every process the SuperLink started is killed. The SuperLink's
 children start sessions of their own (flower-superexec, flwr-simulation, Ray's workers), so they
 are found by a tag in their environment and by parentage, not by process group alone.
+
+The same launcher runs a deployment on one machine (tests, benchmarks): ``certs`` turns on TLS
+(a ``fedxrec certs init`` ``superlink/`` folder) and ``node_auth`` SuperNode authentication;
+simulations/deployment.py starts the SuperNodes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -38,6 +45,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ray_tmpdir(flwr_home: Path) -> str:
+    """A short folder for Ray: its socket paths must stay under 107 bytes (AF_UNIX), which a
+    deep ``flwr_home`` (pytest's tmp folders, long run names) would exceed."""
+    digest = hashlib.sha256(str(Path(flwr_home).resolve()).encode()).hexdigest()[:10]
+    return str(Path(tempfile.gettempdir()) / f"fxray-{digest}")
+
+
 def flower_env(flwr_home: Path, *, use_gpu: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)  # the SuperLink starts its helpers by name
@@ -48,7 +62,7 @@ def flower_env(flwr_home: Path, *, use_gpu: bool = False) -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
-        RAY_TMPDIR=str(flwr_home / "ray"),
+        RAY_TMPDIR=ray_tmpdir(flwr_home),
         # Ray binds its services to loopback, not the machine's address.
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         RAY_DISABLE_USAGE_STATS="1",
@@ -88,12 +102,19 @@ def tagged_processes(tag: str, root: int | None = None) -> set[int]:
             except OSError:
                 continue
     if root is not None:
-        children, todo = _proc_children(), [root]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
+        found |= descendants(root)
+    return found
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root``, whatever session or process group it started."""
+    found: set[int] = set()
+    children, todo = _proc_children(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
     return found
 
 
@@ -121,12 +142,28 @@ def stop_processes(pids: set[int], grace: float = 8.0) -> set[int]:
 
 
 class LocalSuperLink:
-    """A SuperLink process on 127.0.0.1 with a connection named ``name`` in ``FLWR_HOME``."""
+    """A SuperLink process on 127.0.0.1 with a connection named ``name`` in ``FLWR_HOME``.
+
+    Without ``certs`` it runs insecure (loopback only, inside one machine); with a folder holding
+    ``ca.crt``, ``server.pem`` and ``server.key`` it serves TLS, and ``node_auth`` admits only
+    SuperNodes whose public key was registered (``register_supernode``) before they connect.
+    """
 
     def __init__(
-        self, home: Path, *, simulation: bool, use_gpu: bool = False, name: str = "fedxrec"
+        self,
+        home: Path,
+        *,
+        simulation: bool,
+        use_gpu: bool = False,
+        name: str = "fedxrec",
+        certs: Path | None = None,
+        node_auth: bool = False,
     ):
+        if node_auth and certs is None:
+            raise ValueError("SuperNode authentication needs TLS: pass the SuperLink's certs")
         self.home, self.name, self.simulation = Path(home), name, simulation
+        self.certs = Path(certs).resolve() if certs else None
+        self.node_auth = node_auth
         self.tag = uuid.uuid4().hex
         self.env = flower_env(self.home, use_gpu=use_gpu)
         self.env[TAG_VARIABLE] = self.tag
@@ -138,15 +175,40 @@ class LocalSuperLink:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def ca_file(self) -> Path | None:
+        return self.certs / "ca.crt" if self.certs else None
+
+    def _security_flags(self) -> list[str]:
+        if self.certs is None:
+            return ["--insecure"]
+        flags = [
+            "--ssl-ca-certfile",
+            str(self.certs / "ca.crt"),
+            "--ssl-certfile",
+            str(self.certs / "server.pem"),
+            "--ssl-keyfile",
+            str(self.certs / "server.key"),
+        ]
+        return flags + (["--enable-supernode-auth"] if self.node_auth else [])
+
+    def _health_url_context(self) -> tuple[str, ssl.SSLContext | None]:
+        if self.ca_file is None:
+            return f"http://{self.address}/health", None
+        return f"https://{self.address}/health", ssl.create_default_context(cafile=self.ca_file)
+
     def start(self, timeout: float = 60.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        security = (
+            f'root-certificates = "{self.ca_file}"\n' if self.ca_file else "insecure = true\n"
+        )
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{self.name}"\n\n'
-            f'[superlink.{self.name}]\naddress = "{self.address}"\ninsecure = true\n'
+            f'[superlink.{self.name}]\naddress = "{self.address}"\n{security}'
         )
         command = [
             "flower-superlink",
-            "--insecure",  # loopback only, inside one machine
+            *self._security_flags(),
             "--disable-runtime-dependency-installation",
             "--host",
             "127.0.0.1",
@@ -166,13 +228,14 @@ class LocalSuperLink:
                 cwd=self.home,
             )
         deadline = time.monotonic() + timeout
+        url, context = self._health_url_context()
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise FlowerRunError(
                     f"flower-superlink exited with code {self.process.returncode}; see {self.log_path}"
                 )
             try:
-                with urllib.request.urlopen(f"http://{self.address}/health", timeout=1) as r:
+                with urllib.request.urlopen(url, timeout=1, context=context) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -251,6 +314,45 @@ class LocalSuperLink:
         if status != "finished:completed":
             raise FlowerRunError(f"Flower run {run_id} ended with status '{status}'")
         return run_id
+
+    def start_run(self, app_dir: Path, *, run_config: Path | None = None) -> int:
+        """``flwr run`` without streaming: returns the new run's id at once."""
+        command = ["run", str(app_dir), self.name]
+        if run_config is not None:
+            command += ["--run-config", str(run_config)]
+        result = self.flwr(*command)
+        if not (m := re.search(r"started run (\d+)", result.stdout)):
+            raise FlowerRunError(f"`flwr run` did not start a run: {result.stdout}{result.stderr}")
+        return int(m.group(1))
+
+    def wait_for_run(self, run_id: int, timeout: float, poll: float = 3.0) -> str:
+        """Poll the run's status until it is finished; returns it (e.g. "finished:completed")."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.run_status(run_id)
+            if status.startswith("finished"):
+                return status
+            time.sleep(poll)
+        raise FlowerRunError(f"Flower run {run_id} did not finish within {timeout:.0f}s")
+
+    def register_supernode(self, public_key: Path) -> int:
+        """Admit the SuperNode holding this key's private half; returns its node id."""
+        result = self.flwr("supernode", "register", str(public_key), self.name, "--format", "json")
+        try:
+            return int(json.loads(result.stdout)["node-id"])
+        except (ValueError, KeyError) as err:
+            raise FlowerRunError(
+                f"could not register {public_key}: {result.stdout}{result.stderr}"
+            ) from err
+
+    def supernodes(self) -> list[dict]:
+        """`flwr supernode ls`: every SuperNode the SuperLink knows, with its status."""
+        result = self.flwr("supernode", "ls", self.name, "--format", "json")
+        try:
+            data = json.loads(result.stdout)
+        except ValueError:
+            return []
+        return list(data.get("nodes", data) if isinstance(data, dict) else data)
 
     def run_status(self, run_id: int) -> str:
         result = self.flwr("ls", self.name, "--run-id", str(run_id), "--format", "json")

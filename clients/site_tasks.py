@@ -1,0 +1,153 @@
+"""What a site does for the coordinator: train one round, evaluate an adapter.
+
+Free of Flower messages (clients/client_app.py turns messages into these calls and back), so the
+Message-API path and the secure-aggregation path share one training implementation. Deployment
+starts a new process per message, and imports are most of its cost: the ClientApp imports this
+module (torch, transformers, peft) only when a model is needed, so SecAgg+'s key-exchange stages
+start fast, and Opacus only where DP-SGD runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from clients.evaluation import evaluate_split
+from clients.site import Site
+from shared.adapter import get_adapter_arrays, save_adapter, set_adapter_arrays
+from shared.config import FedxrecConfig
+from shared.model import Recommender, build_recommender, pick_device, resolve_encoder
+
+if TYPE_CHECKING:
+    from clients.training import TrainResult
+
+Adapter = OrderedDict[str, np.ndarray]
+LOCK_FILE = "training.lock"
+
+
+@dataclass
+class TrainedRound:
+    adapter: Adapter
+    result: TrainResult
+
+    def metrics(self) -> dict[str, float]:
+        r = self.result
+        return {
+            "train-loss": r.loss,
+            "epsilon": r.epsilon,
+            "delta": r.delta,
+            "noise-multiplier": r.noise_multiplier,
+            "sample-rate": r.sample_rate,
+            "steps": r.steps,
+            "seconds": r.seconds,
+        }
+
+
+def load_model(
+    cfg: FedxrecConfig, adapter: dict[str, np.ndarray] | Sequence[np.ndarray]
+) -> Recommender:
+    """The base encoder with the coordinator's adapter, given by name or in state-dict order."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    rec = build_recommender(cfg.model, device=pick_device(cfg.train.device))
+    if not isinstance(adapter, dict):  # legacy messages carry an unnamed list
+        adapter = dict(zip(get_adapter_arrays(rec), adapter, strict=False))
+    set_adapter_arrays(rec, adapter)
+    return rec
+
+
+def train_site(
+    cfg: FedxrecConfig,
+    site: Site,
+    adapter: dict[str, np.ndarray] | Sequence[np.ndarray],
+    *,
+    server_round: int,
+    run_id: str,
+) -> TrainedRound:
+    """One round of DP-SGD on the site's users, spending from its privacy ledger on disk.
+
+    A SuperNode may run ClientApps of several runs at once (a resumed federation while the killed
+    one's last message is still being served): one training at a time per site, so no two
+    processes read, extend and write the ledger over each other.
+    """
+    with _exclusive(site.state_dir / LOCK_FILE):
+        return _train_site(cfg, site, adapter, server_round=server_round, run_id=run_id)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, even if we crash
+        yield
+
+
+def _train_site(
+    cfg: FedxrecConfig,
+    site: Site,
+    adapter: dict[str, np.ndarray] | Sequence[np.ndarray],
+    *,
+    server_round: int,
+    run_id: str,
+) -> TrainedRound:
+    from clients.privacy import PrivacyLedger  # Opacus: only where DP-SGD runs
+    from clients.training import train_round
+
+    rec = load_model(cfg, adapter)
+    data = site.load_data(cfg)
+    ledger = None
+    if cfg.privacy.enabled:
+        ledger = PrivacyLedger.open(
+            site.state_dir,
+            platform=site.platform,
+            num_users=data.num_users,
+            delta=cfg.privacy.delta,
+            epsilon_budget=cfg.privacy.epsilon,
+            accountant=cfg.privacy.accountant,
+        )
+    print(f"[fedxrec] {site.platform}: training round {server_round}", flush=True)
+    result = train_round(
+        rec,
+        data,
+        cfg,
+        ledger=ledger,
+        run_id=run_id,
+        server_round=server_round,
+        rounds_left=cfg.federation.rounds - server_round + 1,
+        progress=lambda line: print(f"[fedxrec] {line}", flush=True),
+    )
+    trained = get_adapter_arrays(rec)
+    if site.keep_updates:
+        save_adapter(
+            trained,
+            cfg.model,
+            site.state_dir / "updates" / run_id / f"round-{server_round:03d}",
+            base_model=resolve_encoder(cfg.model.encoder),
+            metadata={"round": server_round, "run_id": run_id, "users": result.users},
+        )
+    return TrainedRound(trained, result)
+
+
+def evaluate_site(
+    cfg: FedxrecConfig, site: Site, adapter: dict[str, np.ndarray], users: dict[str, int]
+) -> dict[str, dict[str, float]]:
+    """Ranking metrics of ``adapter`` per split, on each split's first N users (0 = all)."""
+    rec = load_model(cfg, adapter)
+    data = site.load_data(cfg)
+    items = rec.encode_items(data.item_texts)  # once for every split
+    results = {}
+    for split, limit in users.items():
+        # The first N users by ID: a fixed sample (MovieLens platforms list users in random order).
+        chosen = list(range(min(limit or data.num_users, data.num_users)))
+        metrics = evaluate_split(rec, data, split, users=chosen, item_vectors=items)
+        metrics["num-examples"] = metrics.pop("users")
+        results[split] = metrics
+    return results

@@ -1,0 +1,201 @@
+"""One training round, two ways to aggregate: plain FedAvg or FedAvg under SecAgg+.
+
+Both send the global adapter to the sites, train there, and return the same ``TrainOutcome``: the
+new global adapter (or None), each site's training metrics, the sites that refused, and the sites
+that went silent. The coordinator's bookkeeping around it (saving, evaluation, checkpoints) does
+not know which one ran.
+
+Plain FedAvg (Flower's Message API) sees every site's adapter. With secure aggregation, Flower's
+``SecAggPlusWorkflow`` (it exists only on the legacy server workflow) masks each adapter on its
+site; the coordinator receives masked vectors and unmasks only their weighted sum. It never holds
+one site's adapter, so it can neither write nor log one.
+
+SecAgg+ arithmetic: each site multiplies its adapter by ``users / max_weight``, clips it to
+``±clipping_range`` and quantises it to ``2**bits`` levels (stochastic rounding); sums are taken
+modulo 2**32. The unmasked average differs from plain FedAvg by at most
+``sites * (2 * clipping_range / 2**bits) * max_weight / total_users`` per weight (the tolerance
+``secagg_tolerance`` computes): about 2.4e-7 with the defaults and similar-sized sites.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common import FitIns, FitRes, Parameters
+from flwr.common.constant import ErrorCode
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.strategy import Strategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from shared.config import FederationConfig
+from shared.records import array_record_nbytes, from_parameters, to_array_record
+
+
+@dataclass
+class TrainOutcome:
+    arrays: ArrayRecord | None  # the new global adapter; None = nothing to aggregate
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # node -> training metrics
+    refused: dict[int, str] = field(default_factory=dict)  # node -> the site's reason
+    silent: set[int] = field(default_factory=set)  # nodes that never answered (dead or too slow)
+    bytes_up: dict[int, int] = field(default_factory=dict)  # node -> adapter bytes it sent
+
+
+def secagg_tolerance(fed: FederationConfig, sites: int, max_weight: float, users: float) -> float:
+    """Largest difference between the SecAgg+ average and plain FedAvg, per weight."""
+    step = 2 * fed.secagg_clipping_range / 2**fed.secagg_quantization_bits
+    return sites * step * max_weight / users
+
+
+# ---- plain FedAvg (Message API) ----------------------------------------------------------------
+
+
+def fedavg_round(
+    grid: Grid,
+    nodes: list[int],
+    arrays: ArrayRecord,
+    server_round: int,
+    *,
+    timeout: float,
+    min_replies: int,
+) -> TrainOutcome:
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
+    messages = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    trained = [m for m in replies if not m.has_error()]
+    outcome = TrainOutcome(arrays=None)
+    answered = {m.metadata.src_node_id for m in replies}
+    outcome.silent = set(nodes) - answered
+    for m in replies:
+        node = m.metadata.src_node_id
+        if not m.has_error():
+            outcome.metrics[node] = {k: float(v) for k, v in m.content["metrics"].items()}
+            outcome.bytes_up[node] = array_record_nbytes(m.content["arrays"])
+        elif m.error.code == ErrorCode.NODE_UNAVAILABLE:
+            outcome.silent.add(node)
+        else:
+            outcome.refused[node] = m.error.reason
+    if len(trained) >= min_replies:
+        outcome.arrays, _ = FedAvg().aggregate_train(server_round, trained)
+    return outcome
+
+
+# ---- FedAvg under SecAgg+ (legacy workflow) ----------------------------------------------------
+
+
+class _SecureRound(Strategy):
+    """The legacy strategy SecAggPlusWorkflow drives for one round.
+
+    ``configure_fit`` sends the global adapter to the given nodes; ``aggregate_fit`` receives,
+    for every site that completed the protocol, its metrics and user count with ``parameters``
+    already replaced by the unmasked weighted average (the workflow does that), and keeps them.
+    """
+
+    def __init__(self, nodes: list[int], grid: Grid, run_id: int, config: dict) -> None:
+        self.nodes, self.grid, self.run_id, self.config = nodes, grid, run_id, config
+        self.average: Parameters | None = None
+        self.results: list[tuple[ClientProxy, FitRes]] = []
+        self.failures: list[BaseException | tuple[ClientProxy, FitRes]] = []
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        proxies = [GridClientProxy(n, self.grid, self.run_id) for n in self.nodes]
+        return [(p, FitIns(parameters, dict(self.config))) for p in proxies]
+
+    def aggregate_fit(self, server_round, results, failures):
+        self.results, self.failures = list(results), list(failures)
+        if results:
+            self.average = results[0][1].parameters  # the same sum for every result
+        return self.average, {}
+
+    def initialize_parameters(self, client_manager):
+        return None
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return []  # the coordinator evaluates with its own messages
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        return None, {}
+
+    def evaluate(self, server_round, parameters):
+        return None
+
+
+class SecureAggregation:
+    """FedAvg under SecAgg+: the coordinator only ever unmasks the sum of the sites' adapters."""
+
+    def __init__(self, fed: FederationConfig, context: Context, max_weight: float) -> None:
+        self.fed, self.context, self.max_weight = fed, context, max_weight
+
+    def settings(self) -> dict[str, float]:
+        fed = self.fed
+        return {
+            "shares": fed.secagg_shares,
+            "threshold": fed.secagg_threshold,
+            "clipping_range": fed.secagg_clipping_range,
+            "quantization_range": 2**fed.secagg_quantization_bits,
+            "max_weight": self.max_weight,
+        }
+
+    def workflow(self) -> SecAggPlusWorkflow:
+        return SecAggPlusWorkflow(
+            num_shares=self.fed.secagg_shares,
+            reconstruction_threshold=self.fed.secagg_threshold,
+            max_weight=self.max_weight,
+            clipping_range=self.fed.secagg_clipping_range,
+            quantization_range=2**self.fed.secagg_quantization_bits,
+            timeout=self.fed.round_timeout,
+        )
+
+    def round(
+        self,
+        grid: Grid,
+        nodes: list[int],
+        arrays: ArrayRecord,
+        server_round: int,
+        *,
+        min_replies: int,
+        log: Callable[[str], None] = print,
+    ) -> TrainOutcome:
+        names = list(arrays.keys())
+        strategy = _SecureRound(nodes, grid, self.context.run_id, {"server-round": server_round})
+        legacy = LegacyContext(
+            context=self.context, config=ServerConfig(num_rounds=server_round), strategy=strategy
+        )
+        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+            {Key.CURRENT_ROUND: server_round, Key.START_TIME: time.time()}
+        )
+        legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+            compat.arrayrecord_to_parameters(arrays, keep_input=True), keep_input=True
+        )
+        self.workflow()(grid, legacy)
+
+        outcome = TrainOutcome(arrays=None)
+        for proxy, res in strategy.results:
+            metrics = {k: float(v) for k, v in res.metrics.items()}
+            outcome.metrics[proxy.node_id] = {"num-examples": float(res.num_examples), **metrics}
+        missing = set(nodes) - set(outcome.metrics)
+        reasons = [_reason(f) for f in strategy.failures]
+        # Failures carry no node id: name the nodes that did not finish, with every reason given.
+        for node in missing:
+            outcome.refused[node] = "; ".join(r for r in reasons if r) or "no reply"
+        outcome.silent = missing
+        if strategy.average is None:
+            log(f"[fedxrec] round {server_round}: secure aggregation did not complete")
+        elif len(strategy.results) >= min_replies:
+            outcome.arrays = to_array_record(from_parameters(strategy.average, names))
+        return outcome
+
+
+def _reason(failure: BaseException | tuple) -> str:
+    if isinstance(failure, BaseException):
+        error = failure.args[0] if failure.args else failure
+        return str(getattr(error, "reason", error))
+    return str(failure[1].status.message)

@@ -7,6 +7,7 @@ because that is what Flower's run config carries (``[tool.flwr.app.config]`` / `
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import math
@@ -281,3 +282,19 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"configuration key '{key}' {message}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE``, read by ``FedxrecConfig.load``."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file with [model], [train], [privacy], [federation], [data] tables",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override any setting, e.g. --set {example} (repeatable)",
+    )

@@ -47,7 +47,7 @@ from clients.evaluation import split_ranks
 from clients.training import trainable_users
 from server.run_log import SPLIT
 from shared.adapter import get_adapter_arrays, set_adapter_arrays
-from shared.config import ConfigError, FedxrecConfig, parse_overrides
+from shared.config import ConfigError, FedxrecConfig, add_config_arguments, parse_overrides
 from shared.metrics import METRIC_NAMES, ranking_metrics
 from shared.model import Recommender, build_recommender, pick_device
 from simulations.baselines import BASELINES, Scorer, baseline_ranks
@@ -1272,18 +1272,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="continue a stopped comparison in the same --out: runs already in its results.json "
         "(same settings) are kept, the rest are run; more --seeds or --epsilons may be added",
     )
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="TOML file with [model], [train], [privacy], [federation], [data] tables",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any setting, e.g. --set federation.rounds=10 (repeatable)",
-    )
+    add_config_arguments(p, "federation.rounds=10")
     p.set_defaults(run=run)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from server.run_log import METRICS_FILE, FederationLog
-from shared.config import ConfigError, FedxrecConfig
+from shared.config import ConfigError, FedxrecConfig, add_config_arguments
 from simulations.partition import prepare_platforms
 from simulations.report import format_table, render_report, results_table
 from simulations.superlink import FlowerRunError, local_superlink
@@ -57,18 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated genre platforms (data.platforms, default action,comedy,drama)",
     )
     p.add_argument("--data", help="ml-100k, ml-1m, or a folder of your own data (data.dataset)")
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="TOML file with [model], [train], [privacy], [federation], [data] tables",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any setting, e.g. --set train.batch_size=64 (repeatable)",
-    )
+    add_config_arguments(p, "train.batch_size=64")
     p.add_argument(
         "--verbose", action="store_true", help="show Flower's whole log, not only fedxrec's lines"
     )

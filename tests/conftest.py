@@ -32,8 +32,9 @@ def tiny_model_config() -> ModelConfig:
     return ModelConfig(encoder="tiny-random-bert", max_item_tokens=16, max_history_tokens=32)
 
 
-def make_tiny_recommender(vocab: Path, cfg: ModelConfig, seed: int = 0) -> Recommender:
-    torch.manual_seed(1234)  # the same "pretrained" base every time
+def tiny_bert(vocab: Path) -> tuple[BertTokenizer, BertModel]:
+    """A tiny random BERT and its tokenizer: the same "pretrained" base every time."""
+    torch.manual_seed(1234)
     tokenizer = BertTokenizer(vocab=str(vocab))  # transformers 5: `vocab`, not `vocab_file`
     base = BertModel(
         BertConfig(
@@ -46,6 +47,11 @@ def make_tiny_recommender(vocab: Path, cfg: ModelConfig, seed: int = 0) -> Recom
             attention_probs_dropout_prob=0.0,
         )
     )
+    return tokenizer, base
+
+
+def make_tiny_recommender(vocab: Path, cfg: ModelConfig, seed: int = 0) -> Recommender:
+    tokenizer, base = tiny_bert(vocab)
     return build_recommender(cfg, base=base, tokenizer=tokenizer, seed=seed)
 
 

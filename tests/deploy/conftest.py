@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel, BertTokenizer
 
 from server.certs import init_certs
 from shared.config import FedxrecConfig
 from simulations.partition import prepare_platforms
 from simulations.simulate import write_run_config
+from tests.conftest import tiny_bert
 
 PLATFORMS = ("action", "comedy", "drama")
 
@@ -69,16 +68,7 @@ def deploy_kit(tmp_path_factory, tiny_vocab) -> DeployKit:
     cfg = FedxrecConfig.from_flat({"data.max_users": 8, "data.platforms": ",".join(PLATFORMS)})
     prepare_platforms(cfg.data, root / "platforms")
     encoder = root / "encoder"
-    torch.manual_seed(1234)
-    tokenizer = BertTokenizer(vocab=str(tiny_vocab))
-    BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    ).save_pretrained(encoder)
+    tokenizer, base = tiny_bert(tiny_vocab)
+    base.save_pretrained(encoder)
     tokenizer.save_pretrained(encoder)
     return DeployKit(root, certs, root / "platforms", encoder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ def format_table(rows: list[list[str]], markdown: bool = False) -> str:
 
 
 def _commit() -> str:
+    """The source commit; FEDXREC_COMMIT names it where the tree has no .git (an image, a copy)."""
+    if os.environ.get("FEDXREC_COMMIT"):
+        return os.environ["FEDXREC_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

@@ -304,3 +304,12 @@ def test_quick_end_to_end_on_movielens(tmp_path, capsys):
         for name, ranks in run["ranks"].items():
             assert all(1 <= r <= results["platforms"][name]["items"] for r in ranks), run["key"]
     assert (out / "report.md").is_file() and (out / "plots" / "privacy_utility.png").is_file()
+
+
+def test_commit_named_by_environment_where_there_is_no_git(monkeypatch):
+    from simulations.report import _commit
+
+    monkeypatch.setenv("FEDXREC_COMMIT", "abc1234")
+    assert _commit() == "abc1234"
+    monkeypatch.delenv("FEDXREC_COMMIT")
+    assert _commit() not in ("", "abc1234")

@@ -246,6 +246,20 @@ def test_baselines_in_results_are_the_baseline_functions(tiny_compare):
     assert by_method["itemknn"]["ranks"]["beta"] == baseline_ranks(itemknn_scores, data, "test")
 
 
+def test_zero_shot_in_results_is_the_untuned_encoders_ranking(tiny_compare, tiny_vocab):
+    from clients.dataset import load_platform
+    from clients.evaluation import split_ranks
+
+    out, argv = tiny_compare
+    results = json.loads((out / "results.json").read_text())
+    zero = next(r for r in results["runs"] if r["method"] == "zero_shot")
+    cfg = compare.compare_plan(build_parser().parse_args(argv)).cfg.model
+    rec = make_tiny_recommender(tiny_vocab, cfg, seed=0)  # LoRA B = 0: the base encoder
+    for name in ("alpha", "gamma"):
+        data = load_platform(out / "platforms" / name, name)
+        assert zero["ranks"][name] == split_ranks(rec, data, "test"), name
+
+
 def test_report_and_plots(tiny_compare):
     tiny_compare, _ = tiny_compare
     report = (tiny_compare / "report.md").read_text()

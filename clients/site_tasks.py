@@ -78,8 +78,43 @@ def train_site(
     one's last message is still being served): one training at a time per site, so no two
     processes read, extend and write the ledger over each other.
     """
+    from clients.privacy import PrivacyLedger  # Opacus: only where DP-SGD runs
+    from clients.training import train_round
+
     with _exclusive(site.state_dir / LOCK_FILE):
-        return _train_site(cfg, site, adapter, server_round=server_round, run_id=run_id)
+        rec = load_model(cfg, adapter)
+        data = site.load_data(cfg)
+        ledger = None
+        if cfg.privacy.enabled:
+            ledger = PrivacyLedger.open(
+                site.state_dir,
+                platform=site.platform,
+                num_users=data.num_users,
+                delta=cfg.privacy.delta,
+                epsilon_budget=cfg.privacy.epsilon,
+                accountant=cfg.privacy.accountant,
+            )
+        print(f"[fedxrec] {site.platform}: training round {server_round}", flush=True)
+        result = train_round(
+            rec,
+            data,
+            cfg,
+            ledger=ledger,
+            run_id=run_id,
+            server_round=server_round,
+            rounds_left=cfg.federation.rounds - server_round + 1,
+            progress=lambda line: print(f"[fedxrec] {line}", flush=True),
+        )
+        trained = get_adapter_arrays(rec)
+        if site.keep_updates:
+            save_adapter(
+                trained,
+                cfg.model,
+                site.state_dir / "updates" / run_id / f"round-{server_round:03d}",
+                base_model=resolve_encoder(cfg.model.encoder),
+                metadata={"round": server_round, "run_id": run_id, "users": result.users},
+            )
+        return TrainedRound(trained, result)
 
 
 @contextmanager
@@ -88,52 +123,6 @@ def _exclusive(path: Path) -> Iterator[None]:
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, even if we crash
         yield
-
-
-def _train_site(
-    cfg: FedxrecConfig,
-    site: Site,
-    adapter: dict[str, np.ndarray] | Sequence[np.ndarray],
-    *,
-    server_round: int,
-    run_id: str,
-) -> TrainedRound:
-    from clients.privacy import PrivacyLedger  # Opacus: only where DP-SGD runs
-    from clients.training import train_round
-
-    rec = load_model(cfg, adapter)
-    data = site.load_data(cfg)
-    ledger = None
-    if cfg.privacy.enabled:
-        ledger = PrivacyLedger.open(
-            site.state_dir,
-            platform=site.platform,
-            num_users=data.num_users,
-            delta=cfg.privacy.delta,
-            epsilon_budget=cfg.privacy.epsilon,
-            accountant=cfg.privacy.accountant,
-        )
-    print(f"[fedxrec] {site.platform}: training round {server_round}", flush=True)
-    result = train_round(
-        rec,
-        data,
-        cfg,
-        ledger=ledger,
-        run_id=run_id,
-        server_round=server_round,
-        rounds_left=cfg.federation.rounds - server_round + 1,
-        progress=lambda line: print(f"[fedxrec] {line}", flush=True),
-    )
-    trained = get_adapter_arrays(rec)
-    if site.keep_updates:
-        save_adapter(
-            trained,
-            cfg.model,
-            site.state_dir / "updates" / run_id / f"round-{server_round:03d}",
-            base_model=resolve_encoder(cfg.model.encoder),
-            metadata={"round": server_round, "run_id": run_id, "users": result.users},
-        )
-    return TrainedRound(trained, result)
 
 
 def evaluate_site(

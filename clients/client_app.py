@@ -55,6 +55,8 @@ def train(msg: Message, context: Context) -> Message:
     from clients.site_tasks import train_site
 
     secure = is_secure_round(msg)
+    if not secure and bool(msg.content["config"].get("personalize", False)):
+        return personalize(msg, context)
     try:
         cfg, site = _site(context)
         if secure:
@@ -78,6 +80,37 @@ def train(msg: Message, context: Context) -> Message:
         {
             "arrays": to_array_record(trained.adapter),
             "metrics": MetricRecord({"num-examples": users, **metrics}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def personalize(msg: Message, context: Context) -> Message:
+    """After the last round: fine-tune the global model on this site's users and keep it here.
+
+    The reply carries no weights, only the spending and the personal model's metrics.
+    """
+    from clients.privacy import PrivacyBudgetExceeded
+    from clients.site_tasks import personalize_site
+
+    try:
+        cfg, site = _site(context)
+        config = msg.content["config"]
+        trained, metrics = personalize_site(
+            cfg,
+            site,
+            from_array_record(msg.content["arrays"]),
+            run_id=str(context.run_id),
+            eval_users=int(config.get("validation-users", 0)),
+        )
+    except PrivacyBudgetExceeded as err:
+        return _refuse(msg, BUDGET_EXHAUSTED, str(err))
+    except ValueError as err:
+        return _failed(msg, err)
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(trained),
+            **{split: MetricRecord(m) for split, m in metrics.items()},
         }
     )
     return Message(content=content, reply_to=msg)

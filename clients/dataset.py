@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.text import Item, history_text, item_text
+from shared.text import Item, item_text
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id", "title")
@@ -76,9 +76,6 @@ class PlatformData:
         if split == "test":
             return seq[:-1], seq[-1]
         raise ValueError(f"unknown split {split!r}; use 'validation' or 'test'")
-
-    def history_text(self, history: list[int]) -> str:
-        return history_text([self.items[i] for i in history])
 
     def train_item_counts(self) -> list[int]:
         counts = [0] * len(self.items)

@@ -1,4 +1,4 @@
-"""Local evaluation: full ranking of the platform's catalogue for each user (DESIGN.md protocol)."""
+"""Local evaluation: full ranking of the platform's catalogue for each user (README "Results")."""
 
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ def split_ranks(
     chunk = 512
     for start in range(0, len(users), chunk):
         part = histories[start : start + chunk]
-        scores = rec.encode_users([data.history_text(h) for h in part]) @ item_vectors.T
-        ranks += target_ranks(scores, targets[start : start + chunk], part)
+        ranks += target_ranks(rec.scores(part, item_vectors), targets[start : start + chunk], part)
     return ranks
 
 

@@ -63,10 +63,10 @@ class PrivacyLedger:
         epsilon_budget: float,
         accountant: str = "prv",
     ) -> PrivacyLedger:
-        """Load the site's ledger, or start one. δ must not exceed 1/users."""
+        """Load the site's ledger, or start one. δ must not exceed 1/users; 0 = the default."""
         if num_users < 1:
             raise LedgerError(f"platform '{platform}' has no users to train on")
-        delta = delta or 1.0 / num_users
+        delta = delta or default_delta(num_users)
         if delta > 1.0 / num_users:
             raise LedgerError(
                 f"privacy.delta={delta:g} is above 1/users = {1.0 / num_users:g} for platform "
@@ -125,12 +125,11 @@ class PrivacyLedger:
     def spent(self) -> float:
         return self.epsilon()
 
-    def noise_for_run(
-        self, run_id: str, sample_rate: float, steps_per_round: int, rounds_left: int
-    ) -> float:
-        """σ for this run: the smallest that keeps the remaining rounds inside the budget.
+    def noise_for_run(self, run_id: str, sample_rate: float, steps_left: int) -> float:
+        """σ for this run: the smallest that keeps every step still planned inside the budget.
 
-        Chosen once per run (the first round the site trains in it) and reused after.
+        Chosen once per run (the first round the site trains in it) and reused after, so every
+        step of a run has the same σ; steps at another sampling rate are their own releases.
         """
         if run_id in self.planned_noise:
             return self.planned_noise[run_id]
@@ -139,7 +138,7 @@ class PrivacyLedger:
             target_epsilon=self.epsilon_budget,
             delta=self.delta,
             sample_rate=sample_rate,
-            steps=steps_per_round * max(rounds_left, 1),
+            steps=max(steps_left, 1),
             accountant=self.accountant,
         )
         self.planned_noise[run_id] = sigma
@@ -168,6 +167,11 @@ class PrivacyLedger:
         )
         self.save()
         return after
+
+
+def default_delta(num_users: int) -> float:
+    """δ ≪ 1/users, as publishing DP results asks: 1/(10·users), and at most 1e-5."""
+    return min(1e-5, 0.1 / num_users)
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:

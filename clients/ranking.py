@@ -1,8 +1,8 @@
 """Exact top-K over a site's catalogue for a user's history, and why each item was recommended.
 
-Score: the cosine similarity of the user vector (the encoder over the user's history text, built
-exactly as in training: ``shared.text.history_text``, most recent first) and the item vector (the
-encoder over the item text). Both are L2-normalised, so the score is their dot product, in [-1, 1].
+Score: the dot product of the user vector (the sequence head over the vectors of the user's most
+recent items, exactly as in training: shared/head.py) and the item vector (the encoder over the item
+text, L2-normalised), as the model ranks in training and evaluation.
 
 Search is brute force in float32 on the scoring device, so results are exact (no approximate
 index); a catalogue larger than the device's memory can stay on the host and is streamed through
@@ -13,8 +13,9 @@ Explanation ("because"): for a recommended item r and each history item h, the c
 of their item vectors, v_h · v_r; the ``explain_top`` history items with the highest similarity
 are reported, best first. It answers "which of the things you interacted with is this most like"
 in the same vector space as the score. It is an attribution aid, not an exact decomposition: the
-score comes from one encoding of the whole history text, not from a sum over history items. For a
-free-text history the "items" are the text's ';'-separated parts, each encoded like an item text.
+score comes from the head's learned pooling and transform of the history, not from a sum of
+similarities. A free-text history is ';'-separated item texts, most recent first, each encoded like
+an item text; the head reads their vectors as it reads catalogue items'.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import torch
 
 from clients.item_index import ItemIndex
 from shared.model import Recommender
-from shared.text import MAX_HISTORY_ITEMS, history_text
 
 # Rows of item vectors scored at once: bounds the [users, rows] score matrix (32 users x 256k rows
 # of float32 = 32 MiB) and the slice of host-resident vectors copied to the device per step.
@@ -89,10 +89,9 @@ def query_for_ids(
     return Query(history_rows=tuple(index.rows_for(ids)), k=k, exclude_seen=exclude_seen)
 
 
-def user_text(index: ItemIndex, query: Query) -> str:
-    if query.text.strip():
-        return query.text.strip()
-    return history_text([index.items[r] for r in query.history_rows])
+def text_parts(query: Query, limit: int) -> list[str]:
+    """The items of a free-text history, most recent first (at most ``limit``)."""
+    return [p.strip() for p in query.text.split(";") if p.strip()][:limit]
 
 
 def top_k(
@@ -150,11 +149,18 @@ def recommend(
     """Top-k recommendations with explanations for each query, in one batch on the device."""
     if not queries:
         return []
-    user_vectors = rec.encode_users([user_text(index, q) for q in queries])
+    evidence = _evidence(rec, index, queries)
+    user_vectors = torch.cat(
+        [
+            rec.user_vectors([list(q.history_rows)], index.vectors)
+            if not q.text.strip()
+            else rec.user_vectors([list(range(len(labels)))[::-1]], vectors)
+            for q, (labels, vectors) in zip(queries, evidence, strict=True)
+        ]
+    )
     exclude = [q.history_rows if q.exclude_seen else () for q in queries]
     k_max = max(q.k for q in queries)
     scores, rows = top_k(user_vectors, index.vectors, k_max, exclude, chunk_rows)
-    evidence = _evidence(rec, index, queries)
     results = []
     scores_host, rows_host = scores.cpu().tolist(), rows.cpu().tolist()
     for q, (labels, vectors), user_scores, user_rows in zip(
@@ -171,9 +177,10 @@ def recommend(
 def _evidence(
     rec: Recommender, index: ItemIndex, queries: Sequence[Query]
 ) -> list[tuple[list[tuple[str | None, str]], torch.Tensor]]:
-    """For each query: (id, title) labels and vectors of what explanations may point to."""
-    texts = [q.text.strip() for q in queries]
-    parts = [[p.strip() for p in t.split(";") if p.strip()][:MAX_HISTORY_ITEMS] for t in texts]
+    """For each query: (id, title) labels and vectors of what explanations may point to: the
+    items the head reads (the most recent ``history_items``), most recent first, each once."""
+    limit = rec.config.history_items
+    parts = [text_parts(q, limit) if q.text.strip() else [] for q in queries]
     flat = [p for ps in parts for p in ps]
     part_vectors = rec.encode_items(flat) if flat else None
     out, offset = [], 0
@@ -183,8 +190,7 @@ def _evidence(
             out.append(([(None, p) for p in ps], part_vectors[offset : offset + len(ps)]))
             offset += len(ps)
             continue
-        # the items history_text gives the encoder (the most recent first), each once
-        rows = list(dict.fromkeys(q.history_rows[::-1][:MAX_HISTORY_ITEMS]))
+        rows = list(dict.fromkeys(q.history_rows[::-1][:limit]))
         labels = [(index.items[r].item_id, index.items[r].title) for r in rows]
         out.append((labels, index.vectors[torch.tensor(rows, device=index.vectors.device)]))
     return out

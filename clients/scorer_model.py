@@ -1,4 +1,5 @@
-"""The global model as a site loads it to rank its catalogue: base encoder + the federation's adapter.
+"""The global model as a site loads it to rank its catalogue: base encoder + the federation's
+adapter (LoRA + sequence head).
 
 The LoRA settings come from the adapter folder itself (``adapter_config.json``: r, alpha, target
 modules; ``fedxrec.json`` may add ``model.*`` settings such as token limits), the encoder from the
@@ -199,6 +200,7 @@ class SiteScorer:
             "encoder_hash": self.model.encoder_hash,
             "lora_r": rec.config.lora_r,
             "target_modules": rec.config.target_module_list,
+            "history_items": rec.config.history_items,
             "dim": rec.dim,
             "device": str(rec.device),
             "precision": self.model.precision,

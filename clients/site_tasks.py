@@ -39,16 +39,21 @@ class TrainedRound:
     result: TrainResult
 
     def metrics(self) -> dict[str, float]:
-        r = self.result
-        return {
-            "train-loss": r.loss,
-            "epsilon": r.epsilon,
-            "delta": r.delta,
-            "noise-multiplier": r.noise_multiplier,
-            "sample-rate": r.sample_rate,
-            "steps": r.steps,
-            "seconds": r.seconds,
-        }
+        return round_metrics(self.result)
+
+
+def round_metrics(r: TrainResult) -> dict[str, float]:
+    """What a site reports of its training (aggregates: not covered by DP, README says so)."""
+    return {
+        "train-loss": r.loss,
+        "epsilon": r.epsilon,
+        "delta": r.delta,
+        "noise-multiplier": r.noise_multiplier,
+        "sample-rate": r.sample_rate,
+        "steps": r.steps,
+        "lora-steps": r.lora_steps,
+        "seconds": r.seconds,
+    }
 
 
 def load_model(
@@ -78,22 +83,12 @@ def train_site(
     one's last message is still being served): one training at a time per site, so no two
     processes read, extend and write the ledger over each other.
     """
-    from clients.privacy import PrivacyLedger  # Opacus: only where DP-SGD runs
-    from clients.training import train_round
+    from clients.training import train_round  # Opacus: only where DP-SGD runs
 
     with _exclusive(site.state_dir / LOCK_FILE):
         rec = load_model(cfg, adapter)
         data = site.load_data(cfg)
-        ledger = None
-        if cfg.privacy.enabled:
-            ledger = PrivacyLedger.open(
-                site.state_dir,
-                platform=site.platform,
-                num_users=data.num_users,
-                delta=cfg.privacy.delta,
-                epsilon_budget=cfg.privacy.epsilon,
-                accountant=cfg.privacy.accountant,
-            )
+        ledger = _ledger(cfg, site, data.num_users)
         print(f"[fedxrec] {site.platform}: training round {server_round}", flush=True)
         result = train_round(
             rec,
@@ -117,6 +112,67 @@ def train_site(
         return TrainedRound(trained, result)
 
 
+def personalize_site(
+    cfg: FedxrecConfig,
+    site: Site,
+    adapter: dict[str, np.ndarray],
+    *,
+    run_id: str,
+    eval_users: int,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Fine-tune the final global model on the site's own users (DP, from the same budget), keep
+    it on the site's disk (``state-dir/personal/RUN``) and evaluate it on validation and test.
+
+    The personal model never leaves the site; only its metrics go back to the coordinator.
+    """
+    from clients.training import train_round
+
+    with _exclusive(site.state_dir / LOCK_FILE):
+        rec = load_model(cfg, adapter)
+        data = site.load_data(cfg)
+        ledger = _ledger(cfg, site, data.num_users)
+        print(f"[fedxrec] {site.platform}: personalising the global model", flush=True)
+        result = train_round(
+            rec,
+            data,
+            cfg,
+            ledger=ledger,
+            run_id=run_id,
+            server_round=cfg.federation.rounds + 1,  # the personalisation release
+            rounds_left=0,
+            steps=cfg.train.personalize_steps,
+            lora_steps=0,
+            progress=lambda line: print(f"[fedxrec] {line}", flush=True),
+        )
+        save_adapter(
+            get_adapter_arrays(rec),
+            cfg.model,
+            personal_adapter_dir(site, run_id),
+            base_model=resolve_encoder(cfg.model.encoder),
+            metadata={"personalized": True, "run_id": run_id, "users": result.users},
+        )
+    return round_metrics(result), _evaluate(rec, data, {"validation": eval_users, "test": 0})
+
+
+def personal_adapter_dir(site: Site, run_id: str) -> Path:
+    return site.state_dir / "personal" / run_id
+
+
+def _ledger(cfg: FedxrecConfig, site: Site, num_users: int):
+    if not cfg.privacy.enabled:
+        return None
+    from clients.privacy import PrivacyLedger
+
+    return PrivacyLedger.open(
+        site.state_dir,
+        platform=site.platform,
+        num_users=num_users,
+        delta=cfg.privacy.delta,
+        epsilon_budget=cfg.privacy.epsilon,
+        accountant=cfg.privacy.accountant,
+    )
+
+
 @contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,8 +185,10 @@ def evaluate_site(
     cfg: FedxrecConfig, site: Site, adapter: dict[str, np.ndarray], users: dict[str, int]
 ) -> dict[str, dict[str, float]]:
     """Ranking metrics of ``adapter`` per split, on each split's first N users (0 = all)."""
-    rec = load_model(cfg, adapter)
-    data = site.load_data(cfg)
+    return _evaluate(load_model(cfg, adapter), site.load_data(cfg), users)
+
+
+def _evaluate(rec: Recommender, data, users: dict[str, int]) -> dict[str, dict[str, float]]:
     items = rec.encode_items(data.item_texts)  # once for every split
     results = {}
     for split, limit in users.items():

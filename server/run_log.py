@@ -31,6 +31,7 @@ class FederationLog:
     final: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     completed_rounds: int = 0
     resumed: list[dict[str, Any]] = field(default_factory=list)  # runs that continued it
+    personalization: dict[str, dict[str, Any]] = field(default_factory=dict)  # per platform
 
     @classmethod
     def start(cls, cfg: FedxrecConfig, run_id: str) -> FederationLog:
@@ -77,6 +78,7 @@ class FederationLog:
         self.rounds = [r for r in self.rounds if r["round"] <= server_round]
         self.completed_rounds = server_round
         self.final = {}
+        self.personalization = {}
         self.config = config
         self.resumed.append({"run_id": run_id, "from_round": server_round + 1})
 
@@ -94,6 +96,19 @@ class FederationLog:
             "federated": {k: _ranking(v) for k, v in federated.items()},
         }
 
+    def record_personalized(self, results: dict[str, dict[str, dict[str, float]]]) -> None:
+        """Each site's personal model: its training (ε after it) and validation/test metrics."""
+        self.personalization = {
+            name: {
+                "epsilon": r["metrics"]["epsilon"],
+                "noise_multiplier": r["metrics"]["noise-multiplier"],
+                "steps": r["metrics"]["steps"],
+                "validation": _ranking(r["validation"]),
+            }
+            for name, r in results.items()
+        }
+        self.final["personalized"] = {name: _ranking(r["test"]) for name, r in results.items()}
+
     def epsilon_spent(self) -> dict[str, float]:
         """Last ε each platform reported (0 for a platform that never trained)."""
         spent = {name: 0.0 for name in self.platforms}
@@ -101,6 +116,8 @@ class FederationLog:
             for name, m in entry["platforms"].items():
                 if "epsilon" in m:
                     spent[name] = m["epsilon"]
+        for name, m in self.personalization.items():
+            spent[name] = m["epsilon"]
         return spent
 
     def write(self, out_dir: str | Path) -> None:

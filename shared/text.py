@@ -1,8 +1,7 @@
-"""How items and users become text: the only representation that crosses a platform boundary."""
+"""How items become text: the only representation of an item that crosses a platform boundary."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -15,10 +14,6 @@ class Item:
     description: str = ""
 
 
-# Long histories are cut here before tokenising; the token limit then bounds what the model sees.
-MAX_HISTORY_ITEMS = 50
-
-
 def item_text(item: Item) -> str:
     """'Title (year). Categories: a, b. description' — missing parts are left out."""
     text = f"{item.title} ({item.year})" if item.year else item.title
@@ -28,8 +23,3 @@ def item_text(item: Item) -> str:
         text += f". {item.description}"
     return text
 
-
-def history_text(history: Sequence[Item]) -> str:
-    """The user's history, most recent first (the tokenizer keeps the front when it truncates)."""
-    recent = list(history)[::-1][:MAX_HISTORY_ITEMS]
-    return "; ".join(f"{i.title} ({i.year})" if i.year else i.title for i in recent)

@@ -53,8 +53,9 @@ def bench_config(args: argparse.Namespace) -> list[str]:
         f"federation.rounds={args.rounds}",
         f"data.max_users={args.max_users}",
         f"data.platforms={args.platforms}",
-        "model.max_history_tokens=32",
         "train.batch_size=6",
+        "train.steps=10",
+        "train.lora_steps=1",
         "privacy.epsilon=8.0",
     ]
 

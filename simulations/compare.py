@@ -65,7 +65,6 @@ DEFAULT_EPSILONS = "1,2,4,8,inf"
 QUICK_OVERRIDES: dict[str, Any] = {
     "data.max_users": 60,
     "federation.rounds": 2,
-    "model.max_history_tokens": 64,
     "federation.eval_users": 30,
 }
 QUICK_EPSILONS = "8,inf"
@@ -934,13 +933,15 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         "seeds; methods without one (popularity, ItemKNN, zero-shot) are deterministic.",
         f"- Privacy: user-level (ε, δ)-DP per platform over the whole federation; product ε = "
         f"{eps}, sweep ε ∈ {{{', '.join(_eps_text(e) for e in results['epsilons'])}}}, δ = "
-        f"{deltas} (1/users), accountant {results['privacy']['accountant']}, clip "
+        f"{deltas}, accountant {results['privacy']['accountant']}, clip "
         f"{results['privacy']['max_grad_norm']}.",
-        f"- Training: {cfg['federation.rounds']} rounds, {cfg['train.local_epochs']} local "
-        f"epoch(s) per round, batch {cfg['train.batch_size']}, lr {cfg['train.learning_rate']}, "
-        f"LoRA r={cfg['model.lora_r']} on {cfg['model.target_modules']}, encoder "
-        f"{cfg['model.encoder'] or 'all-MiniLM-L6-v2'}, history ≤ {cfg['model.max_history_tokens']} "
-        f"tokens, max users/platform {cfg['data.max_users'] or 'all'}"
+        f"- Training: {cfg['federation.rounds']} rounds of {cfg['train.steps']} steps "
+        f"({cfg['train.lora_steps']} with LoRA), expected batch {cfg['train.batch_size']} users, "
+        f"lr {cfg['train.learning_rate']} (LoRA {cfg['train.lora_learning_rate']}), "
+        f"{cfg['train.positions']} pairs per user, sequence head over the last "
+        f"{cfg['model.history_items']} items, LoRA r={cfg['model.lora_r']} on "
+        f"{cfg['model.target_modules']}, encoder {cfg['model.encoder'] or 'all-MiniLM-L6-v2'}, "
+        f"max users/platform {cfg['data.max_users'] or 'all'}"
         + (" (**--quick subset**)" if results["quick"] else "")
         + ".",
         f"- Run: commit {results['commit']}, {results['created']}, {results['seconds'] / 60:.1f} "

@@ -45,8 +45,11 @@ def federate(
     run_id: str = "inprocess",
     on_round: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
     log: Log = print,
-) -> Arrays:
-    """FedAvg over ``platforms`` for ``cfg.federation.rounds`` rounds; returns the global adapter.
+) -> tuple[Arrays, dict[str, Arrays]]:
+    """FedAvg over ``platforms`` for ``cfg.federation.rounds`` rounds, then (when
+    ``train.personalize_steps`` > 0) each platform's fine-tune of the global model, paid from the
+    same ledger. Returns (the global adapter, each platform's personal adapter); ``rec`` is left
+    with the global adapter loaded.
 
     ``on_round(r, train_metrics)`` is called after each round with the global adapter loaded.
     A single platform makes this local-only training; pooled data makes it centralized.
@@ -97,7 +100,27 @@ def federate(
             set_adapter_arrays(rec, global_arrays)
             if on_round:
                 on_round(server_round, metrics)
-        return global_arrays
+        personal: dict[str, Arrays] = {}
+        for data in platforms if cfg.train.personalize_steps else []:
+            set_adapter_arrays(rec, global_arrays)
+            try:
+                train_round(
+                    rec,
+                    data,
+                    cfg,
+                    ledger=ledgers[data.name],
+                    run_id=run_id,
+                    server_round=rounds + 1,
+                    rounds_left=0,
+                    steps=cfg.train.personalize_steps,
+                    lora_steps=0,
+                )
+            except PrivacyBudgetExceeded as err:
+                log(f"[fedxrec] {err}")
+                continue
+            personal[data.name] = get_adapter_arrays(rec)
+        set_adapter_arrays(rec, global_arrays)
+        return global_arrays, personal
 
 
 def evaluate_all(

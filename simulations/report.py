@@ -20,14 +20,29 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4f}"
 
 
-def results_table(log: FederationLog) -> list[list[str]]:
-    """Rows: platform, method, test metrics, ε spent."""
+MODELS = (
+    ("popularity", "Popularity"),
+    ("itemknn", "ItemKNN"),
+    ("zero_shot", "zero-shot"),
+    ("federated", "federated"),
+    ("personalized", "federated + personalised"),
+)
+
+
+def results_table(
+    log: FederationLog, baselines: dict[str, dict[str, dict[str, float]]] | None = None
+) -> list[list[str]]:
+    """Rows: platform, model, test metrics, ε spent. ``baselines``: method → platform → metrics
+    (Popularity and ItemKNN on the same split), shown first so the model is read against them."""
     rows = [["platform", "model", *METRIC_NAMES, "ε spent"]]
     spent = log.epsilon_spent()
+    results = {**(baselines or {}), **log.final}
     for name in sorted(log.platforms):
-        for method, label in (("zero_shot", "zero-shot"), ("federated", "federated")):
-            m = log.final.get(method, {}).get(name, {})
-            eps = _fmt(spent.get(name)) if method == "federated" else "0"
+        for method, label in MODELS:
+            if name not in results.get(method, {}):
+                continue
+            m = results[method][name]
+            eps = _fmt(spent.get(name)) if method in ("federated", "personalized") else "0"
             rows.append([name, label, *(_fmt(m.get(k)) for k in METRIC_NAMES), eps])
     return rows
 
@@ -61,7 +76,11 @@ def _commit() -> str:
         return "unknown"
 
 
-def render_report(log: FederationLog, seconds: float | None = None) -> str:
+def render_report(
+    log: FederationLog,
+    seconds: float | None = None,
+    baselines: dict[str, dict[str, dict[str, float]]] | None = None,
+) -> str:
     cfg = log.config
     eps_budget = cfg["privacy.epsilon"] if cfg["privacy.enabled"] else float("inf")
     lines = [
@@ -78,15 +97,22 @@ def render_report(log: FederationLog, seconds: float | None = None) -> str:
         f"δ = {_deltas(log)}, accountant {cfg['privacy.accountant']}, clip {cfg['privacy.max_grad_norm']}."
         if cfg["privacy.enabled"]
         else "- Privacy: **off** (no DP-SGD).",
-        f"- Rounds: {log.completed_rounds} of {cfg['federation.rounds']}; LoRA r={cfg['model.lora_r']} on "
-        f"{cfg['model.target_modules']}; run {log.run_id}; commit {_commit()}; "
+        f"- Rounds: {log.completed_rounds} of {cfg['federation.rounds']}, {cfg['train.steps']} DP "
+        f"steps each ({cfg['train.lora_steps']} with LoRA) at an expected batch of "
+        f"{cfg['train.batch_size']} users; sequence head over the last {cfg['model.history_items']} "
+        f"items; LoRA r={cfg['model.lora_r']} on {cfg['model.target_modules']}; run {log.run_id}; "
+        f"commit {_commit()}; "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime())}"
         + (f"; {seconds / 60:.1f} min" if seconds else "")
         + ".",
         "",
-        "## Test results per platform (zero-shot = untuned encoder, round 0)",
+        "## Test results per platform",
         "",
-        format_table(results_table(log), markdown=True),
+        "Popularity and ItemKNN count the platform's own training interactions; zero-shot is the "
+        "untuned encoder and head (round 0); federated is the global model; personalised is the "
+        "global model fine-tuned by each site on its own users (when `train.personalize_steps` > 0).",
+        "",
+        format_table(results_table(log, baselines), markdown=True),
         "",
         "## Validation NDCG@10 and ε per round",
         "",

@@ -17,8 +17,11 @@ from pathlib import Path
 
 import torch
 
+from clients.dataset import load_platform
 from server.run_log import METRICS_FILE, FederationLog
 from shared.config import ConfigError, FedxrecConfig, add_config_arguments
+from shared.metrics import ranking_metrics
+from simulations.baselines import BASELINES, baseline_ranks
 from simulations.partition import prepare_platforms
 from simulations.report import format_table, render_report, results_table
 from simulations.superlink import FlowerRunError, local_superlink
@@ -91,6 +94,20 @@ def write_run_config(cfg: FedxrecConfig, path: Path) -> Path:
     return path
 
 
+def baseline_metrics(
+    cfg: FedxrecConfig, root: Path, names: list[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Popularity and ItemKNN on every simulated platform's test split (the same protocol)."""
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in BASELINES}
+    for platform in names:
+        data = load_platform(
+            root / platform, platform, min_user_interactions=cfg.data.min_user_interactions
+        )
+        for name, scorer in BASELINES.items():
+            out[name][platform] = ranking_metrics(baseline_ranks(scorer, data, "test"))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     cfg = simulation_config(args)
@@ -147,10 +164,11 @@ def run(args: argparse.Namespace) -> int:
     except FlowerRunError as err:
         raise FlowerRunError(f"{err}; the details are in {out / 'flower.log'}") from None
     log = FederationLog.read(out)
+    baselines = baseline_metrics(cfg, out / "platforms", names)
     seconds = time.perf_counter() - started
-    (out / "report.md").write_text(render_report(log, seconds))
+    (out / "report.md").write_text(render_report(log, seconds, baselines))
     print()
-    print(format_table(results_table(log)))
+    print(format_table(results_table(log, baselines)))
     print(
         f"\nfedxrec simulate: done in {seconds / 60:.1f} min. Report: {out / 'report.md'}; "
         f"global adapter: {out / 'adapter'}"

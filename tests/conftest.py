@@ -29,7 +29,7 @@ def tiny_vocab(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_model_config() -> ModelConfig:
-    return ModelConfig(encoder="tiny-random-bert", max_item_tokens=16, max_history_tokens=32)
+    return ModelConfig(encoder="tiny-random-bert", max_item_tokens=16, history_items=5)
 
 
 def tiny_bert(vocab: Path) -> tuple[BertTokenizer, BertModel]:

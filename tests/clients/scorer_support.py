@@ -10,12 +10,12 @@ from shared.adapter import get_adapter_arrays, save_adapter
 from shared.config import ModelConfig
 from tests.conftest import make_tiny_recommender
 
-# Token limits travel in the adapter's fedxrec.json, as the coordinator records them.
-TOKEN_LIMITS = {"max_item_tokens": 16, "max_history_tokens": 32}
+# Model settings travel in the adapter's fedxrec.json, as the coordinator records them.
+MODEL_SETTINGS = {"max_item_tokens": 16, "history_items": 5}
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
-    return ModelConfig(encoder="tiny-random-bert", **TOKEN_LIMITS, **overrides)  # type: ignore[arg-type]
+    return ModelConfig(encoder="tiny-random-bert", **MODEL_SETTINGS, **overrides)  # type: ignore[arg-type]
 
 
 def save_tiny_encoder(vocab: Path, folder: Path) -> Path:
@@ -30,14 +30,13 @@ def save_tiny_encoder(vocab: Path, folder: Path) -> Path:
 def save_tiny_adapter(
     vocab: Path, folder: Path, *, seed: int, scale: float = 0.3, round_: int = 1, **lora: object
 ) -> Path:
-    """A random (non-zero) adapter for the tiny encoder, saved the way the coordinator saves."""
+    """A random (non-zero) adapter (LoRA + head) for the tiny encoder, saved the way the
+    coordinator saves it."""
     cfg = tiny_config(**lora)
     rec = make_tiny_recommender(vocab, cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in rec.model.named_parameters():
-            if "lora_" in name:
+        for name, p in [*rec.model.named_parameters(), *rec.head.named_parameters()]:
+            if "lora_" in name or p in set(rec.head.parameters()):
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return save_adapter(
-        get_adapter_arrays(rec), cfg, folder, metadata={"round": round_, "model": TOKEN_LIMITS}
-    )
+    return save_adapter(get_adapter_arrays(rec), cfg, folder, metadata={"round": round_})

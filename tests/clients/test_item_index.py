@@ -101,7 +101,7 @@ def test_adapter_settings_come_from_the_adapter_folder(tiny_vocab, tmp_path, enc
         tiny_vocab, tmp_path / "r4", seed=3, lora_r=4, target_modules="query"
     )
     cfg = model_config_for_adapter(folder, str(encoder_dir))
-    assert (cfg.lora_r, cfg.target_module_list, cfg.max_history_tokens) == (4, ["query"], 32)
+    assert (cfg.lora_r, cfg.target_module_list, cfg.history_items) == (4, ["query"], 5)
     rec = load_scorer_model(folder, encoder=str(encoder_dir), device="cpu").rec
     assert rec.has_adapter and rec.config.lora_r == 4
     (folder / "adapter_model.safetensors").unlink()

@@ -7,6 +7,7 @@ from clients.privacy import (
     LedgerError,
     PrivacyBudgetExceeded,
     PrivacyLedger,
+    default_delta,
     noise_for_budget,
 )
 
@@ -26,7 +27,7 @@ def test_epsilon_equals_opacus_recomputed_from_the_saved_file(tmp_path):
     for r in saved["releases"]:
         accountant.history.append((r["noise_multiplier"], r["sample_rate"], r["steps"]))
     expected = accountant.get_epsilon(delta=saved["delta"])
-    assert saved["delta"] == pytest.approx(1 / 500)
+    assert saved["delta"] == pytest.approx(default_delta(500)) == pytest.approx(1e-5)
     assert saved["releases"][-1]["epsilon_after"] == pytest.approx(expected)
     assert _open(tmp_path).spent == pytest.approx(expected)  # a restarted site sees the same
 
@@ -36,7 +37,19 @@ def test_prv_accountant_too(tmp_path):
     eps = ledger.reserve("run", 1, 1.0, 0.05, 40)
     acc = PRVAccountant()
     acc.history = [(1.0, 0.05, 40)]
-    assert eps == pytest.approx(acc.get_epsilon(delta=1 / 500), rel=1e-6)
+    assert eps == pytest.approx(acc.get_epsilon(delta=default_delta(500)), rel=1e-6)
+
+
+def test_epsilon_is_the_accountant_over_mixed_releases(tmp_path):
+    """Rounds, LoRA-heavy rounds and a personalisation at other (σ, q): one ε over all of them."""
+    ledger = _open(tmp_path, accountant="prv", epsilon_budget=50.0)
+    releases = [(1.2, 0.28, 40), (1.2, 0.28, 40), (2.0, 0.55, 10), (0.9, 0.1, 25)]
+    for r, (sigma, q, steps) in enumerate(releases, start=1):
+        eps = ledger.reserve("run", r, sigma, q, steps)
+    acc = PRVAccountant()
+    acc.history = list(releases)
+    assert eps == pytest.approx(acc.get_epsilon(delta=ledger.delta), rel=1e-6)
+    assert _open(tmp_path, accountant="prv", epsilon_budget=50.0).spent == pytest.approx(eps)
 
 
 def test_overrun_is_refused_and_not_recorded(tmp_path):
@@ -48,13 +61,13 @@ def test_overrun_is_refused_and_not_recorded(tmp_path):
 
 def test_planned_noise_fills_the_budget_over_the_planned_rounds(tmp_path):
     ledger = _open(tmp_path, epsilon_budget=3.0)
-    sigma = ledger.noise_for_run("run", 0.064, 16, rounds_left=4)
+    sigma = ledger.noise_for_run("run", 0.064, steps_left=4 * 16)
     for r in range(1, 5):
         eps = ledger.reserve("run", r, sigma, 0.064, 16)
     assert 2.9 <= eps <= 3.0
     with pytest.raises(PrivacyBudgetExceeded):
         ledger.reserve("run", 5, sigma, 0.064, 16)
-    assert _open(tmp_path, epsilon_budget=3.0).noise_for_run("run", 0.064, 16, 1) == sigma
+    assert _open(tmp_path, epsilon_budget=3.0).noise_for_run("run", 0.064, 16) == sigma
 
 
 def test_noise_for_an_exhausted_budget_is_refused():

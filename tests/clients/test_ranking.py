@@ -9,7 +9,6 @@ from clients.scorer_model import load_site_scorer
 from shared.adapter import get_adapter_arrays, save_adapter
 from shared.config import ModelConfig
 from shared.model import build_recommender
-from shared.text import history_text
 from simulations.cli import main
 from tests.clients.scorer_support import save_tiny_adapter, save_tiny_encoder
 
@@ -37,10 +36,26 @@ def scorer(adapter_dir, encoder_dir, platform_dir):
     )
 
 
-def brute_force(scorer, user_text, k, excluded=()):
-    """Reference: score every item one by one, sort, drop excluded rows."""
+def reference_user(head, recent_first):
+    """The head's formula written out item by item: softmax(recency + attention·v) pooling, then
+    u = h + h·transform + prior."""
+    vectors = recent_first[: head.history_items]
+    logits = [float(head.recency[t] + head.attention @ v) for t, v in enumerate(vectors)]
+    weights = torch.softmax(torch.tensor(logits), dim=0)
+    pooled = sum(w * v for w, v in zip(weights, vectors, strict=True))
+    return pooled + pooled @ head.transform + head.prior
+
+
+def brute_force(scorer, history, k, excluded=()):
+    """Reference: the user vector by hand, every item scored one by one, sorted, excluded rows
+    dropped. ``history``: catalogue rows (oldest first), or a free text (most recent first)."""
     rec, index = scorer.model.rec, scorer.index
-    user = rec.encode_users([user_text])[0]
+    with torch.no_grad():
+        if isinstance(history, str):
+            recent = rec.encode_items([p.strip() for p in history.split(";")])
+        else:
+            recent = index.vectors[list(history)[::-1]]
+        user = reference_user(rec.head, recent)
     scores = {index.items[r].item_id: float(index.vectors[r] @ user) for r in range(len(index))}
     banned = {index.items[r].item_id for r in excluded}
     ranked = sorted((i for i in scores if i not in banned), key=lambda i: -scores[i])
@@ -59,8 +74,7 @@ def test_ranking_equals_brute_force_for_every_user(scorer, tiny_platform):
     queries = [Query(history_rows=tuple(seq), k=5) for seq in tiny_platform.sequences]
     results = recommend(scorer.model.rec, scorer.index, queries)
     for seq, got in zip(tiny_platform.sequences, results, strict=True):
-        text = history_text([scorer.index.items[r] for r in seq])  # most recent first
-        scores, expected = brute_force(scorer, text, 5, excluded=seq)
+        scores, expected = brute_force(scorer, seq, 5, excluded=seq)
         assert_same_ranking(got, scores, expected)
 
 

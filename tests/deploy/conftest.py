@@ -39,7 +39,7 @@ class DeployKit:
         """A small federation's config, written as a Flower run-config file."""
         flat = {
             "model.encoder": str(self.encoder),
-            "model.max_history_tokens": 32,
+            "model.history_items": 10,
             "model.max_item_tokens": 16,
             "data.max_users": 8,
             "federation.rounds": 2,
@@ -52,6 +52,8 @@ class DeployKit:
             "privacy.noise_multiplier": 1.0,
             "privacy.epsilon": 1000.0,
             "train.batch_size": 4,
+            "train.steps": 4,
+            "train.lora_steps": 1,
             "train.threads": 1,  # several ClientApps share two cores
             **overrides,
         }

@@ -17,9 +17,9 @@ from tests.conftest import make_tiny_recommender
 
 def _perturb(rec):
     with torch.no_grad():
-        for name, p in rec.model.named_parameters():
-            if "lora_" in name:
-                p.add_(torch.randn_like(p) * 0.1)
+        lora = [p for name, p in rec.model.named_parameters() if "lora_" in name]
+        for p in [*lora, *rec.head.parameters()]:
+            p.add_(torch.randn_like(p) * 0.1)
 
 
 def test_saved_adapter_reloads_to_identical_scores(
@@ -33,11 +33,50 @@ def test_saved_adapter_reloads_to_identical_scores(
     meta = load_adapter(fresh, tmp_path / "adapter")
     assert meta["round"] == 3
     texts = tiny_platform.item_texts
-    torch.testing.assert_close(fresh.encode_items(texts), rec.encode_items(texts), rtol=0, atol=0)
-    # the folder is peft's own format
+    items = rec.encode_items(texts)
+    torch.testing.assert_close(fresh.encode_items(texts), items, rtol=0, atol=0)
+    histories = [seq[:-1] for seq in tiny_platform.sequences]
+    torch.testing.assert_close(
+        fresh.scores(histories, items), rec.scores(histories, items), rtol=0, atol=0
+    )
+    assert not torch.equal(
+        rec.scores(histories, items),
+        make_tiny_recommender(tiny_vocab, tiny_model_config).scores(histories, items),
+    )  # the head is part of what was saved
+    # the LoRA part of the folder is peft's own format
     base = make_tiny_recommender(tiny_vocab, tiny_model_config).model.encoder.get_base_model()
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
-    assert sum("lora_A" in n for n, _ in peft_model.named_parameters()) == len(arrays) // 2
+    lora = [k for k in arrays if not k.startswith("head.")]
+    assert sum("lora_A" in n for n, _ in peft_model.named_parameters()) == len(lora) // 2
+
+
+def test_old_lora_only_adapter_gets_a_clear_error(tmp_path, tiny_rec, tiny_model_config):
+    folder = save_adapter(get_adapter_arrays(tiny_rec), tiny_model_config, tmp_path / "a")
+    (folder / "head.safetensors").unlink()
+    with pytest.raises(AdapterError, match="no head.safetensors: it is a LoRA-only adapter"):
+        read_adapter(folder)
+    lora_only = {k: v for k, v in get_adapter_arrays(tiny_rec).items() if not k.startswith("head.")}
+    with pytest.raises(AdapterError, match="no sequence head"):
+        set_adapter_arrays(tiny_rec, lora_only)  # an old site's message
+
+
+def test_corrupt_or_misshapen_head_is_refused(tmp_path, tiny_rec, tiny_model_config):
+    from dataclasses import replace
+
+    folder = save_adapter(get_adapter_arrays(tiny_rec), tiny_model_config, tmp_path / "a")
+    longer = make_tiny_recommender_like(tiny_rec, replace(tiny_model_config, history_items=9))
+    with pytest.raises(AdapterError, match="head.recency.*model.history_items"):
+        load_adapter(longer, folder)
+    (folder / "head.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(AdapterError, match="head.safetensors is corrupt"):
+        read_adapter(folder)
+
+
+def make_tiny_recommender_like(rec, cfg):
+    from shared.model import build_recommender
+
+    base = rec.model.encoder.get_base_model()
+    return build_recommender(cfg, base=base, tokenizer=rec.tokenizer)
 
 
 def test_shape_mismatch_and_missing_tensor_are_refused(tiny_rec):

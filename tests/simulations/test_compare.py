@@ -7,6 +7,7 @@ import random
 import pytest
 
 from clients.dataset import Interaction, PlatformData, write_platform
+from clients.privacy import default_delta
 from shared.metrics import METRIC_NAMES, ranking_metrics
 from shared.text import Item
 from simulations import compare
@@ -37,7 +38,7 @@ def test_quick_defaults_and_set_overrides(tmp_path):
 
     quick = plan("--quick", "--set", "federation.rounds=1")
     assert quick.seeds == [0] and quick.epsilons == [8.0, math.inf]
-    assert quick.cfg.data.max_users == 60 and quick.cfg.model.max_history_tokens == 64
+    assert quick.cfg.data.max_users == 60
     assert quick.curve_users == quick.cfg.federation.eval_users == 30
     assert quick.cfg.federation.rounds == 1  # --set wins over --quick
     full = plan("--seeds", "2", "--data", "ml-1m")
@@ -152,8 +153,8 @@ def tiny_compare(tmp_path_factory, tiny_vocab):
     out = root / "out"
     argv = [
         "compare", "--out", str(out), "--data", str(root / "data"), "--seeds", "2",
-        "--epsilons", "8,inf", "--set", "federation.rounds=1", "--set", "train.batch_size=4",
-        "--set", "privacy.accountant=rdp", "--set", "model.max_history_tokens=32",
+        "--epsilons", "8,inf", "--set", "federation.rounds=1", "--set", "train.batch_size=4", "--set", "train.steps=2",
+        "--set", "privacy.accountant=rdp", "--set", "model.history_items=10",
         "--set", "model.max_item_tokens=16",
     ]  # fmt: skip
     args = build_parser().parse_args(argv)
@@ -188,7 +189,7 @@ def test_results_json_schema(tiny_compare):
     assert list(results["platforms"]) == names
     assert set(results["delta"]) == set(names)
     for name, platform in results["platforms"].items():
-        assert results["delta"][name] == pytest.approx(1 / platform["users"])
+        assert results["delta"][name] == pytest.approx(default_delta(platform["users"]))
         assert set(platform["slices"]) == {"cold_users", "cold_items"}
     runs: dict[str, list] = {}
     for run in results["runs"]:
@@ -302,7 +303,7 @@ def test_quick_end_to_end_on_movielens(tmp_path, capsys):
     code = main(
         [
             "compare", "--out", str(out), "--quick", "--set", "data.max_users=6",
-            "--set", "federation.rounds=1", "--set", "model.max_history_tokens=32",
+            "--set", "federation.rounds=1", "--set", "model.history_items=10",
             "--set", "model.max_item_tokens=16", "--set", "privacy.accountant=rdp",
         ]
     )  # fmt: skip

@@ -24,7 +24,8 @@ def simulation(tmp_path_factory):
         [
             "simulate", "--out", str(out), "--rounds", "2", "--max-users", "12",
             "--platforms", "action,comedy", "--epsilon", "8",
-            "--set", "model.max_history_tokens=32", "--set", "train.batch_size=6",
+            "--set", "train.batch_size=6", "--set", "train.steps=6", "--set", "train.lora_steps=1",
+            "--set", "train.lora_items=1", "--set", "train.personalize_steps=2",
         ]
     )  # fmt: skip
     assert code == 0
@@ -47,8 +48,15 @@ def test_outputs_and_metrics(simulation):
         == set(metrics["final"]["federated"])
         == {"action", "comedy"}
     )
+    assert set(metrics["final"]["personalized"]) == {"action", "comedy"}
+    for name, p in metrics["personalization"].items():
+        assert 0 < p["epsilon"] <= 8.0 and p["steps"] == 2
+        assert p["epsilon"] >= last[name]["epsilon"]  # paid from the same budget, after the rounds
+        personal = list((simulation / "state" / name / "personal").iterdir())
+        assert len(personal) == 1 and (personal[0] / "head.safetensors").is_file()
     report = (simulation / "report.md").read_text()
-    assert "zero-shot" in report and "federated" in report and "ml-100k" in report
+    for label in ("Popularity", "ItemKNN", "zero-shot", "federated", "personalised", "ml-100k"):
+        assert label in report
 
 
 def test_global_adapter_changed_and_loads_with_peft(simulation):
@@ -57,19 +65,22 @@ def test_global_adapter_changed_and_loads_with_peft(simulation):
     assert initial.keys() == final.keys()
     assert any(not np.allclose(initial[k], final[k]) for k in final)
 
-    cfg = ModelConfig(max_history_tokens=32)
+    cfg = ModelConfig()
     ours = build_recommender(cfg)
     load_adapter(ours, simulation / "adapter")
     peft_model = PeftModel.from_pretrained(load_base_encoder(cfg), str(simulation / "adapter"))
     theirs = TextEncoder(peft_model.eval())
     data = load_platform(simulation / "platforms" / "action", "action")
-    texts = [data.history_text(data.split(u, "test")[0]) for u in range(3)]
-    batch = ours.tokenize(texts, cfg.max_history_tokens)
+    histories = [data.split(u, "test")[0] for u in range(3)]
     with torch.no_grad():
-        expected = ours.encode_users(texts) @ ours.encode_items(data.item_texts).T
-        users = theirs(**batch)
+        ours_items = ours.encode_items(data.item_texts)
         items = theirs(**ours.tokenize(data.item_texts, cfg.max_item_tokens))
-    torch.testing.assert_close(users @ items.T, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(items, ours_items, atol=1e-5, rtol=1e-4)  # peft's own LoRA
+        # the head beside it, over peft's item vectors, ranks as fedxrec does
+        torch.testing.assert_close(
+            ours.scores(histories, items), ours.scores(histories, ours_items), atol=1e-4, rtol=1e-4
+        )
+    assert any(np.abs(v).max() > 0 for k, v in final.items() if k.startswith("head."))
 
 
 def test_no_process_left_behind(simulation):

@@ -277,7 +277,11 @@ def encoder_row_gradients(rec: Recommender) -> Iterator[nn.Module]:
 
 def lora_schedule(steps: int, lora_steps: int) -> set[int]:
     """Which of a round's steps (1-based) also train the LoRA: spread evenly, the last included."""
-    return {math.ceil((i + 1) * steps / lora_steps) for i in range(lora_steps)} if lora_steps else set()
+    return (
+        {math.ceil((i + 1) * steps / lora_steps) for i in range(lora_steps)}
+        if lora_steps
+        else set()
+    )
 
 
 def train_round(

@@ -70,7 +70,9 @@ def set_adapter_arrays(rec: Recommender, arrays: dict[str, np.ndarray]) -> None:
         )
     check_arrays_fit(arrays, shapes)
     lora, head = split_arrays(arrays)
-    state = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(rec.device) for k, v in lora.items()}
+    state = {
+        k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(rec.device) for k, v in lora.items()
+    }
     result = set_peft_model_state_dict(rec.model.peft_model, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:

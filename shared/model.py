@@ -164,7 +164,9 @@ class Recommender:
         return user_vectors(self.head, item_vectors, histories)
 
     @torch.no_grad()
-    def scores(self, histories: Sequence[Sequence[int]], item_vectors: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, histories: Sequence[Sequence[int]], item_vectors: torch.Tensor
+    ) -> torch.Tensor:
         """[users, items] scores (before the temperature, which does not change a ranking)."""
         return self.user_vectors(histories, item_vectors) @ item_vectors.T
 

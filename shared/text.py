@@ -22,4 +22,3 @@ def item_text(item: Item) -> str:
     if item.description:
         text += f". {item.description}"
     return text
-

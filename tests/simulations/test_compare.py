@@ -11,6 +11,9 @@ from clients.privacy import default_delta
 from shared.metrics import METRIC_NAMES, ranking_metrics
 from shared.text import Item
 from simulations import compare
+from simulations.compare import data as compare_data
+from simulations.compare import plan as compare_plan
+from simulations.compare import results as compare_results
 from simulations.baselines import baseline_ranks, itemknn_scores, popularity_scores
 from simulations.cli import build_parser, main
 from tests.conftest import WORDS, make_tiny_recommender
@@ -19,10 +22,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_parse_epsilons():
-    assert compare.parse_epsilons("8, 1,inf,2,8") == [1.0, 2.0, 8.0, math.inf]
+    assert compare_plan.parse_epsilons("8, 1,inf,2,8") == [1.0, 2.0, 8.0, math.inf]
     for bad, message in (("abc", "not a number"), ("0", "> 0"), ("-1", "> 0"), (",", "names no")):
         with pytest.raises(ValueError, match=message):
-            compare.parse_epsilons(bad)
+            compare_plan.parse_epsilons(bad)
 
 
 def test_bad_epsilons_is_a_clear_cli_error(tmp_path, capsys):
@@ -34,7 +37,7 @@ def test_bad_epsilons_is_a_clear_cli_error(tmp_path, capsys):
 def test_quick_defaults_and_set_overrides(tmp_path):
     def plan(*extra):
         args = build_parser().parse_args(["compare", "--out", str(tmp_path), *extra])
-        return compare.compare_plan(args)
+        return compare_plan.compare_plan(args)
 
     quick = plan("--quick", "--set", "federation.rounds=1")
     assert quick.seeds == [0] and quick.epsilons == [8.0, math.inf]
@@ -53,12 +56,12 @@ def test_quick_defaults_and_set_overrides(tmp_path):
 
 
 def test_resolve_unseen():
-    assert compare.resolve_unseen(None, ["a", "b", "c"]) == "c"
-    assert compare.resolve_unseen(None, ["a"]) is None
-    assert compare.resolve_unseen("none", ["a", "b"]) is None
-    assert compare.resolve_unseen("a", ["a", "b"]) == "a"
+    assert compare_plan.resolve_unseen(None, ["a", "b", "c"]) == "c"
+    assert compare_plan.resolve_unseen(None, ["a"]) is None
+    assert compare_plan.resolve_unseen("none", ["a", "b"]) is None
+    assert compare_plan.resolve_unseen("a", ["a", "b"]) == "a"
     with pytest.raises(ValueError, match="no such platform"):
-        compare.resolve_unseen("zzz", ["a", "b"])
+        compare_plan.resolve_unseen("zzz", ["a", "b"])
 
 
 def make_platform(name: str, sequences: list[list[int]], items: int) -> PlatformData:
@@ -73,18 +76,18 @@ def make_platform(name: str, sequences: list[list[int]], items: int) -> Platform
 def test_slices_cold_users_and_cold_items():
     # training parts: [0,1,2,3], [0,1], [0] -> item 0 has 3 training interactions, item 1 has 2
     data = make_platform("p", [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3], [0, 4, 1]], items=6)
-    slices = compare.platform_slices(data)
+    slices = compare_data.platform_slices(data)
     assert slices["all"] == [0, 1, 2]
     assert slices["cold_users"] == [1, 2]  # 6 interactions is not cold, 4 and 3 are
     assert slices["cold_items"] == [0, 1, 2]  # every test item has ≤ 5 training interactions
     # training parts: [0,1] six times and [1]: item 0 has 6 training interactions, so the last
     # user, whose test item is 0, is not in the cold-item slice; the others' test item 3 is
     busy = make_platform("q", [[0, 1, 2, 3]] * 6 + [[1, 2, 0]], items=4)
-    assert compare.platform_slices(busy)["cold_items"] == list(range(6))
+    assert compare_data.platform_slices(busy)["cold_items"] == list(range(6))
 
 
 def test_slice_metrics_empty_slice_has_no_metrics():
-    out = compare.slice_metrics([1, 3], {"all": [0, 1], "cold_users": []})
+    out = compare_data.slice_metrics([1, 3], {"all": [0, 1], "cold_users": []})
     assert out["all"] == {**ranking_metrics([1, 3]), "users": 2}
     assert out["cold_users"] == {"users": 0}
 
@@ -92,7 +95,7 @@ def test_slice_metrics_empty_slice_has_no_metrics():
 def test_pool_platforms_keeps_users_and_items_apart():
     a = make_platform("a", [[0, 1, 2]], items=3)
     b = make_platform("b", [[2, 0, 1], [1, 2, 0]], items=3)
-    pooled = compare.pool_platforms([a, b])
+    pooled = compare_data.pool_platforms([a, b])
     assert pooled.num_users == 3 and len(pooled.items) == 6
     assert pooled.users == ["a/u0", "b/u0", "b/u1"]
     assert [i.item_id for i in pooled.items][:4] == ["a/i0", "a/i1", "a/i2", "b/i0"]
@@ -101,15 +104,15 @@ def test_pool_platforms_keeps_users_and_items_apart():
 
 
 def test_mean_std_over_seeds():
-    assert compare.mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}
-    stat = compare.mean_std([0.1, 0.3])
+    assert compare_results.mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}
+    stat = compare_results.mean_std([0.1, 0.3])
     assert stat["mean"] == pytest.approx(0.2) and stat["std"] == pytest.approx(math.sqrt(0.02))
 
 
 def test_targets_met_and_missed():
-    def entry(per: dict[str, float], cold: float) -> dict:
+    def entry(per: dict[str, float]) -> dict:
         def cell(value: float) -> dict:
-            return {"all": {"ndcg@10": {"mean": value}}, "cold_users": {"ndcg@10": {"mean": cold}}}
+            return {"all": {"ndcg@10": {"mean": value}}}
 
         return {
             "platforms": {n: cell(v) for n, v in per.items()},
@@ -117,18 +120,25 @@ def test_targets_met_and_missed():
         }
 
     summary = {
-        "federated_dp": entry({"a": 0.10, "b": 0.20}, cold=0.05),
-        "centralized": entry({"a": 0.12, "b": 0.20}, cold=0.06),
-        "local_only": entry({"a": 0.08, "b": 0.21}, cold=0.01),
-        "zero_shot": entry({"a": 0.05, "b": 0.10}, cold=0.01),
-        "itemknn": entry({"a": 0.30, "b": 0.30}, cold=0.04),
+        "federated_dp": entry({"a": 0.10, "b": 0.20}),
+        "federated_dp_personalized": entry({"a": 0.11, "b": 0.21}),
+        "centralized": entry({"a": 0.12, "b": 0.20}),
+        "local_only": entry({"a": 0.08, "b": 0.21}),
+        "zero_shot": entry({"a": 0.05, "b": 0.10}),
+        "popularity": entry({"a": 0.11, "b": 0.12}),
+        "federated_unseen": entry({"b": 0.11}),
     }
-    targets = compare.check_targets(summary, ["a", "b"], 8.0)
-    assert [t["met"] for t in targets] == [True, False, True, True]
-    assert "0.1500 / 0.1600 = 93.8%" in targets[0]["detail"]
-    assert "b: 0.2000 vs 0.2100 (not beaten)" in targets[1]["detail"]
-    del summary["centralized"]
-    assert compare.check_targets(summary, ["a", "b"], 8.0)[0]["met"] is None
+    targets = compare_results.check_targets(summary, ["a", "b"], 8.0)
+    assert [t["met"] for t in targets] == [True, True, False, True, True, True]
+    assert "Federated + personalised" in targets[0]["target"]  # the product's final ranking
+    assert targets[1]["detail"] == "0.1600"
+    assert "b: 0.2100 vs 0.2100 (missed)" in targets[2]["detail"]  # a tie does not beat
+    assert targets[4]["detail"] == "0.1600 vs 0.1500"
+    assert targets[5]["detail"] == "b: 0.1100 vs 0.1000"
+    del summary["centralized"], summary["federated_dp_personalized"]
+    again = compare_results.check_targets(summary, ["a", "b"], 8.0)
+    assert "Federated (DP)" in again[0]["target"] and again[0]["met"] is False
+    assert again[4]["met"] is None
 
 
 # ---- end to end on tiny platforms with the tiny random encoder --------------------------------
@@ -153,12 +163,13 @@ def tiny_compare(tmp_path_factory, tiny_vocab):
     out = root / "out"
     argv = [
         "compare", "--out", str(out), "--data", str(root / "data"), "--seeds", "2",
-        "--epsilons", "8,inf", "--set", "federation.rounds=1", "--set", "train.batch_size=4", "--set", "train.steps=2",
+        "--epsilons", "8,inf", "--set", "federation.rounds=1", "--set", "train.batch_size=4",
+        "--set", "train.steps=2", "--set", "train.lora_steps=1", "--set", "train.personalize_steps=1",
         "--set", "privacy.accountant=rdp", "--set", "model.history_items=10",
         "--set", "model.max_item_tokens=16",
     ]  # fmt: skip
     args = build_parser().parse_args(argv)
-    cfg = compare.compare_plan(args).cfg.model
+    cfg = compare_plan.compare_plan(args).cfg.model
     code = compare.run(args, make_rec=lambda seed: make_tiny_recommender(tiny_vocab, cfg, seed))
     assert code == 0
     return out, argv
@@ -169,7 +180,9 @@ EXPECTED_RUNS = {
     "itemknn": [None],
     "zero_shot": [None],
     "federated_dp": [0, 1],
+    "federated_dp_personalized": [0, 1],
     "local_only": [0, 1],
+    "federated_dp_head_only": [0, 1],
     "federated_no_dp": [0, 1],
     "centralized": [0, 1],
     "federated_unseen": [0, 1],
@@ -180,7 +193,7 @@ def test_results_json_schema(tiny_compare):
     tiny_compare, _ = tiny_compare
     text = (tiny_compare / "results.json").read_text()
     results = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert results["schema_version"] == 1 and results["complete"] is True
+    assert results["schema_version"] == 2 and results["complete"] is True
     for key in ("dataset", "split", "seeds", "epsilons", "delta", "config", "commit", "machine"):
         assert key in results
     assert results["seeds"] == [0, 1] and results["epsilons"] == [8.0, "inf"]
@@ -230,7 +243,7 @@ def test_results_json_schema(tiny_compare):
     assert {"federated_unseen", "zero_shot", "local_only"} <= set(
         results["unseen_platform"]["methods"]
     )
-    assert len(results["targets"]) == 4
+    assert len(results["targets"]) == 6
     assert all(t["met"] in (True, False, None) and t["detail"] for t in results["targets"])
 
 
@@ -254,7 +267,7 @@ def test_zero_shot_in_results_is_the_untuned_encoders_ranking(tiny_compare, tiny
     out, argv = tiny_compare
     results = json.loads((out / "results.json").read_text())
     zero = next(r for r in results["runs"] if r["method"] == "zero_shot")
-    cfg = compare.compare_plan(build_parser().parse_args(argv)).cfg.model
+    cfg = compare_plan.compare_plan(build_parser().parse_args(argv)).cfg.model
     rec = make_tiny_recommender(tiny_vocab, cfg, seed=0)  # LoRA B = 0: the base encoder
     for name in ("alpha", "gamma"):
         data = load_platform(out / "platforms" / name, name)
@@ -273,7 +286,15 @@ def test_report_and_plots(tiny_compare):
         "## Per round",
     ):
         assert heading in report
-    for label in ("Popularity", "ItemKNN", "Zero-shot", "Local-only", "Centralized"):
+    for label in (
+        "Popularity",
+        "ItemKNN",
+        "Zero-shot",
+        "Local-only",
+        "Centralized",
+        "Federated + personalised",
+        "Federated, head only",
+    ):
         assert label in report
     for png in ("methods", "privacy_utility", "ndcg_per_round", "epsilon_per_round"):
         path = tiny_compare / "plots" / f"{png}.png"

@@ -1,0 +1,202 @@
+"""What a comparison runs: its methods, seeds, ε, and the configuration of each training run."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.config import ConfigError, FedxrecConfig, parse_overrides
+
+SCHEMA_VERSION = 2
+COLD_USER_MAX_INTERACTIONS = 5  # a user with at most this many interactions on the platform
+COLD_ITEM_MAX_TRAINING = 5  # a test item with at most this many training interactions
+DEFAULT_SEEDS = 3
+DEFAULT_EPSILONS = "1,2,4,8,inf"
+# --quick: a subset that runs every method in well under 15 minutes on 2 CPU cores
+QUICK_OVERRIDES: dict[str, Any] = {
+    "data.max_users": 60,
+    "federation.rounds": 2,
+    "federation.eval_users": 30,
+    "train.steps": 8,
+    "train.lora_steps": 1,
+    "train.lora_items": 1,
+}
+QUICK_EPSILONS = "8,inf"
+SLICES = ("all", "cold_users", "cold_items")
+OUTPUTS = ("platforms", "plots", "results.json", "report.md")
+# The non-private references (centralized, federated without DP) train with their own settings,
+# chosen on the validation split like the product's (docs/experiments/ml-100k-recipe.md): without
+# clipping and noise, other learning rates and step counts are best.
+NO_DP_OVERRIDES: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    trained_on: str
+    privacy: str
+
+
+# Summary order; "federated_eps" holds the other ε of the privacy–utility sweep.
+METHODS: OrderedDict[str, Method] = OrderedDict(
+    [
+        ("popularity", Method("Popularity", "own platform", "none (counts)")),
+        ("itemknn", Method("ItemKNN", "own platform", "none (co-occurrence)")),
+        ("zero_shot", Method("Zero-shot encoder", "nothing", "nothing learned")),
+        ("local_only", Method("Local-only (DP)", "own platform alone", "DP ε={eps}")),
+        ("federated_dp", Method("Federated (DP)", "all platforms, adapters only", "DP ε={eps}")),
+        (
+            "federated_dp_personalized",
+            Method("Federated + personalised (DP)", "all, then own platform", "DP ε={eps}"),
+        ),
+        (
+            "federated_dp_head_only",
+            Method("Federated, head only (DP)", "all platforms, head only", "DP ε={eps}"),
+        ),
+        ("federated_no_dp", Method("Federated (no DP)", "all platforms, adapters only", "none")),
+        ("centralized", Method("Centralized (no DP)", "all platforms pooled", "none")),
+        (
+            "federated_unseen",
+            Method("Federated without it (DP)", "the other platforms", "DP ε={eps}"),
+        ),
+        ("federated_eps", Method("Federated (DP, ε sweep)", "all platforms", "DP")),
+    ]
+)
+CURVE_METHODS = ("federated_dp", "federated_no_dp", "local_only", "centralized", "federated_unseen")
+
+
+@dataclass(frozen=True)
+class ComparePlan:
+    cfg: FedxrecConfig  # privacy.epsilon is the product's ε; every method sets privacy.enabled
+    seeds: list[int]
+    epsilons: list[float]  # the privacy–utility sweep; inf = no DP
+    unseen: str | None  # platform left out of the "unseen platform" federation (None: no such run)
+    quick: bool = False
+
+    @property
+    def curve_users(self) -> int:
+        """Validation users per platform in each round's curve (0 = all), as in `simulate`."""
+        return self.cfg.federation.eval_users
+
+    @property
+    def product_epsilon(self) -> float:
+        return self.cfg.privacy.epsilon
+
+    @property
+    def federated_epsilons(self) -> list[float]:
+        """Every ε the federation runs at: the sweep, the product's, and ∞ (no DP)."""
+        return sorted(set(self.epsilons) | {self.product_epsilon, math.inf})
+
+    def config_for(self, seed: int, epsilon: float, method: str = "") -> FedxrecConfig:
+        """The product's settings at ``epsilon`` (∞ = no DP: the non-private settings), with the
+        method's own changes: the head-only ablation trains no LoRA; runs that are never
+        personalised (the unseen platform's federation, the ε sweep) plan no personalisation."""
+        dp = math.isfinite(epsilon)
+        changes: dict[str, Any] = {
+            "train.seed": seed,
+            "federation.seed": seed,
+            "privacy.enabled": dp,
+            "privacy.epsilon": epsilon if dp else self.product_epsilon,
+        }
+        if not dp:
+            changes.update(NO_DP_OVERRIDES)
+        if method == "federated_dp_head_only":
+            changes["train.lora_steps"] = 0
+        if method in ("federated_unseen", "federated_eps"):
+            changes["train.personalize_steps"] = 0
+        return self.cfg.with_overrides(changes)
+
+
+def parse_epsilons(text: str) -> list[float]:
+    """'1,2,4,8,inf' → [1.0, 2.0, 4.0, 8.0, inf]; each ε > 0, 'inf' means no DP."""
+    values = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(
+                f"--epsilons: '{part}' is not a number; give comma-separated ε values, e.g. "
+                "1,2,4,8,inf (inf = no DP)"
+            ) from None
+        if math.isnan(value) or value <= 0:
+            raise ValueError(f"--epsilons: every ε must be > 0 (or inf for no DP), got {part}")
+        values.append(value)
+    if not values:
+        raise ValueError("--epsilons names no ε; e.g. --epsilons 1,2,4,8,inf")
+    return sorted(set(values))
+
+
+def eps_text(eps: float) -> str:
+    return f"{eps:g}" if math.isfinite(eps) else "∞"
+
+
+def spent_text(eps: float) -> str:
+    return f"{eps:.2f}" if math.isfinite(eps) else "∞"
+
+
+def run_key(method: str, seed: int | None, epsilon: float | None) -> str:
+    """A run's name in results.json and in the progress lines, e.g. 'federated_dp/seed0'."""
+    if seed is None:
+        return method
+    if method == "federated_eps":
+        return f"federated_eps{eps_text(epsilon if epsilon is not None else math.inf)}/seed{seed}"
+    return f"{method}/seed{seed}"
+
+
+def compare_plan(args: argparse.Namespace) -> ComparePlan:
+    cfg = FedxrecConfig.load(args.config)
+    if args.quick:
+        cfg = cfg.with_overrides(QUICK_OVERRIDES)
+    cfg = cfg.with_overrides(parse_overrides(args.set))
+    if args.data:
+        cfg = cfg.with_overrides({"data.dataset": args.data})
+    seeds = args.seeds if args.seeds is not None else (1 if args.quick else DEFAULT_SEEDS)
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if not cfg.privacy.epsilon > 0:
+        raise ConfigError("privacy.epsilon (the product's ε) must be > 0")
+    return ComparePlan(
+        cfg=cfg,
+        seeds=[cfg.train.seed + k for k in range(seeds)],
+        epsilons=parse_epsilons(
+            args.epsilons or (QUICK_EPSILONS if args.quick else DEFAULT_EPSILONS)
+        ),
+        unseen=args.unseen,  # resolved against the loaded platforms by resolve_unseen
+        quick=args.quick,
+    )
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed when run from the console script, else rebuilt from the options."""
+    if Path(sys.argv[0]).name == "fedxrec" and len(sys.argv) > 1:
+        return "fedxrec " + " ".join(sys.argv[1:])
+    parts = ["fedxrec compare", f"--out {args.out}"]
+    for flag in ("data", "seeds", "epsilons", "unseen", "config"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts.append(f"--{flag.replace('_', '-')} {value}")
+    parts += ["--quick"] if args.quick else []
+    parts += ["--resume"] if args.resume else []
+    parts += [f"--set {item}" for item in args.set]
+    return " ".join(parts)
+
+
+def resolve_unseen(requested: str | None, names: list[str]) -> str | None:
+    """The platform left out of the unseen-platform federation: default the last one."""
+    if requested is not None and requested.lower() == "none":
+        return None
+    if requested is None:
+        return names[-1] if len(names) >= 2 else None
+    if requested not in names:
+        raise ValueError(f"--unseen {requested}: no such platform (have {', '.join(names)})")
+    if len(names) < 2:
+        raise ValueError("--unseen needs at least two platforms (one left out, one federated)")
+    return requested

@@ -17,10 +17,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from clients.dataset import PlatformData
-from shared.head import history_window
 
 
 @dataclass
@@ -74,53 +74,50 @@ def build_batch(
     """The examples of ``users`` (each with two or more training items); ``lora_items`` > 0
     marks the fresh items of a LoRA step."""
     b, p, n, k = len(users), positions, history_items, lora_items
-    catalogue = len(data.items)
-    per_user = []
-    for u in users:
-        seq = data.train_sequence(u)
-        chosen = pair_positions(len(seq), p, rng)
-        fresh = list(dict.fromkeys(seq[max(0, len(seq) - 1 - k) : len(seq) - 1][::-1])) if k else []
-        per_user.append((seq, chosen, fresh))
-    longest_seen = max((max(chosen) for _, chosen, _ in per_user), default=1)
-    windows = torch.zeros(b, p, n, dtype=torch.long)
-    window_mask = torch.zeros(b, p, n, dtype=torch.bool)
-    window_slot = torch.full((b, p, n), -1, dtype=torch.long)
-    targets = torch.zeros(b, p, dtype=torch.long)
-    valid = torch.zeros(b, p)
-    seen = torch.full((b, p, max(longest_seen, 1)), catalogue, dtype=torch.long)
+    pad = len(data.items)  # the "no item" row of ``seen``
+    sequences = [np.asarray(data.train_sequence(u), dtype=np.int64) for u in users]
+    chosen = [np.asarray(pair_positions(len(seq), p, rng)) for seq in sequences]
+    longest = max((int(js[-1]) for js in chosen), default=1)
+    windows = np.zeros((b, p, n), dtype=np.int64)
+    window_mask = np.zeros((b, p, n), dtype=bool)
+    window_slot = np.full((b, p, n), -1, dtype=np.int64)
+    targets = np.zeros((b, p), dtype=np.int64)
+    valid = np.zeros((b, p), dtype=np.float32)
+    seen = np.full((b, p, longest), pad, dtype=np.int64)
     fresh_rows: list[int] = []
     fresh_owner: list[int] = []
-    fresh_slots = torch.zeros(b, max(k, 1), dtype=torch.long)
-    for row, (seq, chosen, fresh) in enumerate(per_user):
-        slot_of = {item: s for s, item in enumerate(fresh)}
-        for col, j in enumerate(chosen):
-            window = history_window(seq[:j], n)
-            windows[row, col, : len(window)] = torch.as_tensor(window)
-            window_mask[row, col, : len(window)] = True
-            if slot_of:
-                window_slot[row, col, : len(window)] = torch.as_tensor(
-                    [slot_of.get(i, -1) for i in window]
-                )
-            targets[row, col] = seq[j]
-            valid[row, col] = 1.0
-            before = [i for i in seq[:j] if i != seq[j]]  # a re-watched item may be next again
-            if before:
-                seen[row, col, : len(before)] = torch.as_tensor(before)
+    fresh_slots = np.zeros((b, max(k, 1)), dtype=np.int64)
+    back = np.arange(1, n + 1)
+    for row, (seq, js) in enumerate(zip(sequences, chosen, strict=True)):
+        m = len(js)
+        at = js[:, None] - back[None, :]  # positions of each pair's window, most recent first
+        inside = at >= 0
+        windows[row, :m] = np.where(inside, seq[at.clip(min=0)], 0)
+        window_mask[row, :m] = inside
+        targets[row, :m] = seq[js]
+        valid[row, :m] = 1.0
+        before = np.arange(js[-1])
+        # Everything already in the history is left out of the softmax, except the target
+        # itself (a re-watched item may be next again).
+        keep = (before[None, :] < js[:, None]) & (seq[before][None, :] != seq[js][:, None])
+        seen[row, :m, : len(before)] = np.where(keep, seq[before][None, :], pad)
+        fresh = list(dict.fromkeys(seq[max(0, len(seq) - 1 - k) : len(seq) - 1][::-1].tolist()))
         fresh_slots[row] = -1
         for s, item in enumerate(fresh):
+            window_slot[row, :m][inside & (windows[row, :m] == item)] = s
             fresh_slots[row, s] = len(fresh_rows)
             fresh_rows.append(item)
             fresh_owner.append(row)
     fresh_slots[fresh_slots < 0] = len(fresh_rows)
     return UserBatch(
         users=list(users),
-        windows=windows,
-        window_mask=window_mask,
-        targets=targets,
-        valid=valid,
-        seen=seen,
+        windows=torch.from_numpy(windows),
+        window_mask=torch.from_numpy(window_mask),
+        targets=torch.from_numpy(targets),
+        valid=torch.from_numpy(valid),
+        seen=torch.from_numpy(seen),
         fresh_rows=fresh_rows,
         fresh_owner=torch.as_tensor(fresh_owner, dtype=torch.long),
-        fresh_slots=fresh_slots,
-        window_slot=window_slot,
+        fresh_slots=torch.from_numpy(fresh_slots),
+        window_slot=torch.from_numpy(window_slot),
     )

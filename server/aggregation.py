@@ -20,11 +20,9 @@ modulo 2**32. The unmasked average differs from plain FedAvg by at most
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common import FitIns, FitRes, Parameters
 from flwr.common.constant import ErrorCode
@@ -49,18 +47,6 @@ class TrainOutcome:
     refused: dict[int, str] = field(default_factory=dict)  # node -> the site's reason
     silent: set[int] = field(default_factory=set)  # nodes that never answered (dead or too slow)
     bytes_up: dict[int, int] = field(default_factory=dict)  # node -> adapter bytes it sent
-
-
-def server_step(
-    current: dict[str, np.ndarray], average: dict[str, np.ndarray], rate: float
-) -> OrderedDict[str, np.ndarray]:
-    """The new global model: ``current + rate · (average − current)`` (rate 1 = FedAvg)."""
-    if rate == 1.0:
-        return OrderedDict((k, np.asarray(average[k], dtype=np.float32)) for k in current)
-    return OrderedDict(
-        (k, (c + rate * (np.asarray(average[k]) - c)).astype(np.float32))
-        for k, c in current.items()
-    )
 
 
 def secagg_tolerance(fed: FederationConfig, sites: int, max_weight: float, users: float) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from server.aggregation import SecureAggregation, TrainOutcome, fedavg_round, server_step
+from server.aggregation import SecureAggregation, TrainOutcome, fedavg_round
 from server.checkpoint import Checkpoint, CheckpointError
 from server.run_log import METRICS_FILE, FederationLog
 from shared.adapter import adapter_hash, get_adapter_arrays, read_adapter, save_adapter
@@ -90,9 +90,7 @@ class Coordinator:
             self._by_platform(outcome.bytes_up),
         )
         if outcome.arrays is not None:
-            rate = self.cfg.federation.server_learning_rate
-            new = server_step(from_array_record(arrays), from_array_record(outcome.arrays), rate)
-            arrays = to_array_record(new)
+            arrays = outcome.arrays
         else:
             print(
                 f"[fedxrec] round {server_round}: fewer than the {self.min_replies} sites "

@@ -108,10 +108,6 @@ class FederationConfig:
     round_timeout: float = 3600.0  # seconds to wait for the sites' replies in a round
     eval_users: int = 200  # users per platform in each round's validation (0 = all); test uses all
     seed: int = 0  # initial adapter
-    # The global model moves by this times the user-weighted mean of the sites' updates (1 =
-    # FedAvg). Platforms with disjoint catalogues learn mostly disjoint updates, which a plain
-    # average shrinks; a rate of about the number of sites keeps each one's full step.
-    server_learning_rate: float = 1.0
     out_dir: str = ""  # where the coordinator writes adapters, metrics and its checkpoint
     resume: bool = False  # continue the federation checkpointed in out_dir after its last round
     # Secure aggregation (Flower's SecAgg+): the coordinator only ever sees the sum of adapters.
@@ -129,11 +125,6 @@ class FederationConfig:
         _check(self.min_nodes >= 0, "federation.min_nodes", "must be >= 0")
         _check(self.round_timeout > 0, "federation.round_timeout", "must be > 0")
         _check(self.eval_users >= 0, "federation.eval_users", "must be >= 0")
-        _check(
-            0.0 < self.server_learning_rate <= 100.0,
-            "federation.server_learning_rate",
-            "must be in (0, 100]",
-        )
         _check(self.secagg_shares >= 3, "federation.secagg_shares", "must be >= 3")
         _check(
             2 <= self.secagg_threshold < self.secagg_shares,

@@ -19,7 +19,6 @@ from clients.dataset import PlatformData
 from clients.evaluation import evaluate_split
 from clients.privacy import PrivacyBudgetExceeded, PrivacyLedger
 from clients.training import train_round, trainable_users
-from server.aggregation import server_step
 from shared.adapter import get_adapter_arrays, set_adapter_arrays
 from shared.config import FedxrecConfig
 from shared.model import Recommender
@@ -97,10 +96,7 @@ def federate(
                     "delta": result.delta,
                 }
             if updates:
-                average = weighted_average(updates)
-                global_arrays = server_step(
-                    global_arrays, average, cfg.federation.server_learning_rate
-                )
+                global_arrays = weighted_average(updates)
             set_adapter_arrays(rec, global_arrays)
             if on_round:
                 on_round(server_round, metrics)

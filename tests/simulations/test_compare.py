@@ -11,11 +11,11 @@ from clients.privacy import default_delta
 from shared.metrics import METRIC_NAMES, ranking_metrics
 from shared.text import Item
 from simulations import compare
+from simulations.baselines import baseline_ranks, itemknn_scores, popularity_scores
+from simulations.cli import build_parser, main
 from simulations.compare import data as compare_data
 from simulations.compare import plan as compare_plan
 from simulations.compare import results as compare_results
-from simulations.baselines import baseline_ranks, itemknn_scores, popularity_scores
-from simulations.cli import build_parser, main
 from tests.conftest import WORDS, make_tiny_recommender
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

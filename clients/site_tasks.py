@@ -121,7 +121,8 @@ def personalize_site(
     eval_users: int,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Fine-tune the final global model on the site's own users (DP, from the same budget), keep
-    it on the site's disk (``state-dir/personal/RUN``) and evaluate it on validation and test.
+    it on the site's disk (``state-dir/personal``, an adapter folder `fedxrec rank` takes) and
+    evaluate it on validation and test.
 
     The personal model never leaves the site; only its metrics go back to the coordinator.
     """
@@ -147,15 +148,16 @@ def personalize_site(
         save_adapter(
             get_adapter_arrays(rec),
             cfg.model,
-            personal_adapter_dir(site, run_id),
+            personal_adapter_dir(site),
             base_model=resolve_encoder(cfg.model.encoder),
             metadata={"personalized": True, "run_id": run_id, "users": result.users},
         )
     return round_metrics(result), _evaluate(rec, data, {"validation": eval_users, "test": 0})
 
 
-def personal_adapter_dir(site: Site, run_id: str) -> Path:
-    return site.state_dir / "personal" / run_id
+def personal_adapter_dir(site: Site) -> Path:
+    """The site's own model: the last federation's global model, fine-tuned on its users."""
+    return site.state_dir / "personal"
 
 
 def _ledger(cfg: FedxrecConfig, site: Site, num_users: int):

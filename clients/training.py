@@ -361,8 +361,9 @@ def train_round(
             total_loss += float(losses.detach().sum())
             examples += len(chosen)
             if progress and (step % report_every == 0 or step == steps):
+                stage = f"round {server_round}" if rounds_left else "personalisation"
                 progress(
-                    f"[{data.name}] round {server_round}: step {step}/{steps}, "
+                    f"[{data.name}] {stage}: step {step}/{steps}, "
                     f"loss {total_loss / max(examples, 1):.4f}"
                 )
     optimizer.zero_grad(set_to_none=True)

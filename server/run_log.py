@@ -109,15 +109,16 @@ class FederationLog:
         }
         self.final["personalized"] = {name: _ranking(r["test"]) for name, r in results.items()}
 
-    def epsilon_spent(self) -> dict[str, float]:
-        """Last ε each platform reported (0 for a platform that never trained)."""
+    def epsilon_spent(self, *, personalized: bool = True) -> dict[str, float]:
+        """Last ε each platform reported (0 for a platform that never trained): after its
+        personalisation, or (``personalized=False``) after the federation's rounds."""
         spent = {name: 0.0 for name in self.platforms}
         for entry in self.rounds:
             for name, m in entry["platforms"].items():
                 if "epsilon" in m:
                     spent[name] = m["epsilon"]
-        for name, m in self.personalization.items():
-            spent[name] = m["epsilon"]
+        if personalized:
+            spent.update({name: m["epsilon"] for name, m in self.personalization.items()})
         return spent
 
     def write(self, out_dir: str | Path) -> None:

@@ -52,12 +52,12 @@ class TrainConfig:
 
     steps: int = 40  # steps per round at each site
     batch_size: int = 256  # expected (Poisson) batch size, in users
-    learning_rate: float = 0.02  # Adam, sequence head
+    learning_rate: float = 0.01  # Adam, sequence head
     positions: int = 16  # (history → next item) pairs of a user averaged in its loss, per step
-    lora_steps: int = 2  # steps per round that also train the encoder's LoRA (0 = head only)
-    lora_items: int = 2  # a user's most recent items encoded with gradient in a LoRA step
+    lora_steps: int = 1  # steps per round that also train the encoder's LoRA (0 = head only)
+    lora_items: int = 1  # a user's most recent items encoded with gradient in a LoRA step
     lora_learning_rate: float = 1e-3  # Adam, LoRA
-    personalize_steps: int = 0  # after the federation, DP steps on the site's own users
+    personalize_steps: int = 80  # after the federation, DP steps on the site's own users
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
@@ -102,7 +102,7 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    rounds: int = 5
+    rounds: int = 3
     platforms: int = 0  # sites to wait for before round 1; 0 = the simulation's platform count
     min_nodes: int = 0  # successful replies a round needs to count; 0 = every platform
     round_timeout: float = 3600.0  # seconds to wait for the sites' replies in a round

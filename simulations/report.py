@@ -35,14 +35,17 @@ def results_table(
     """Rows: platform, model, test metrics, ε spent. ``baselines``: method → platform → metrics
     (Popularity and ItemKNN on the same split), shown first so the model is read against them."""
     rows = [["platform", "model", *METRIC_NAMES, "ε spent"]]
-    spent = log.epsilon_spent()
+    spent = {
+        "federated": log.epsilon_spent(personalized=False),
+        "personalized": log.epsilon_spent(),
+    }
     results = {**(baselines or {}), **log.final}
     for name in sorted(log.platforms):
         for method, label in MODELS:
             if name not in results.get(method, {}):
                 continue
             m = results[method][name]
-            eps = _fmt(spent.get(name)) if method in ("federated", "personalized") else "0"
+            eps = _fmt(spent[method].get(name)) if method in spent else "0"
             rows.append([name, label, *(_fmt(m.get(k)) for k in METRIC_NAMES), eps])
     return rows
 

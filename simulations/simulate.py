@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, type=Path, help="output folder (created; re-used runs start fresh)"
     )
-    p.add_argument("--rounds", type=int, help="federated rounds (federation.rounds, default 5)")
+    p.add_argument("--rounds", type=int, help="federated rounds (federation.rounds, default 3)")
     p.add_argument(
         "--epsilon",
         type=float,

@@ -46,7 +46,7 @@ def test_quick_defaults_and_set_overrides(tmp_path):
     assert quick.cfg.federation.rounds == 1  # --set wins over --quick
     full = plan("--seeds", "2", "--data", "ml-1m")
     assert full.seeds == [0, 1] and full.epsilons == [1.0, 2.0, 4.0, 8.0, math.inf]
-    assert full.cfg.data.dataset == "ml-1m" and full.cfg.federation.rounds == 5
+    assert full.cfg.data.dataset == "ml-1m" and full.cfg.federation.rounds == 3
     assert full.federated_epsilons == [1.0, 2.0, 4.0, 8.0, math.inf]
     cfg = full.config_for(1, math.inf)
     assert not cfg.privacy.enabled and cfg.train.seed == 1 and cfg.federation.seed == 1
@@ -313,7 +313,7 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(tiny_compare, cap
     assert "kept from the earlier results.json" in capsys.readouterr().out
     after = json.loads((out / "results.json").read_text())
     assert after["runs"] == before["runs"] and after["complete"]
-    changed = build_parser().parse_args([*argv, "--resume", "--set", "train.learning_rate=0.01"])
+    changed = build_parser().parse_args([*argv, "--resume", "--set", "train.learning_rate=0.05"])
     with pytest.raises(ValueError, match="other settings.*train.learning_rate"):
         compare.run(changed, no_training)
 

@@ -52,8 +52,8 @@ def test_outputs_and_metrics(simulation):
     for name, p in metrics["personalization"].items():
         assert 0 < p["epsilon"] <= 8.0 and p["steps"] == 2
         assert p["epsilon"] >= last[name]["epsilon"]  # paid from the same budget, after the rounds
-        personal = list((simulation / "state" / name / "personal").iterdir())
-        assert len(personal) == 1 and (personal[0] / "head.safetensors").is_file()
+        personal = read_adapter(simulation / "state" / name / "personal")
+        assert personal.keys() == read_adapter(simulation / "adapter").keys()
     report = (simulation / "report.md").read_text()
     for label in ("Popularity", "ItemKNN", "zero-shot", "federated", "personalised", "ml-100k"):
         assert label in report

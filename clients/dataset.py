@@ -50,6 +50,7 @@ class PlatformData:
     items: list[Item]
     users: list[str]
     sequences: list[list[int]]
+    times: list[list[float]] | None = None  # each interaction's timestamp, like ``sequences``
 
     def __post_init__(self) -> None:
         self.item_index = {item.item_id: i for i, item in enumerate(self.items)}
@@ -249,19 +250,20 @@ def build_platform(
     for order, it in enumerate(interactions):
         by_user.setdefault(it.user_id, []).append((it.timestamp, order, it.item_id))
     index = {item.item_id: i for i, item in enumerate(items)}
-    users, sequences = [], []
+    users, sequences, times = [], [], []
     for user in sorted(by_user):
         events = sorted(by_user[user])  # ties keep file order
         if len(events) < min_user_interactions:
             continue
         users.append(user)
         sequences.append([index[item_id] for _, _, item_id in events])
+        times.append([t for t, _, _ in events])
     if not users:
         raise DataError(
             f"platform '{name}': no user has {min_user_interactions} or more interactions, which "
             "leave-last-out needs (train, validation, test)"
         )
-    return PlatformData(name=name, items=items, users=users, sequences=sequences)
+    return PlatformData(name=name, items=items, users=users, sequences=sequences, times=times)
 
 
 def load_platform(

@@ -1,4 +1,4 @@
-"""Non-neural baselines, scored under exactly the protocol the recommender is (DESIGN.md).
+"""Non-neural baselines, scored under exactly the protocol the recommender is (README "Results").
 
 Each baseline gives a [users, items] score matrix for one platform and one split; ranks then come
 from ``shared.metrics.target_ranks`` like every other method's, so the history is excluded, the
@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from clients.collaborative import CollaborativeIndex, build_collaborative_index
 from clients.dataset import PlatformData
 from shared.metrics import target_ranks
 
@@ -33,41 +34,42 @@ def training_matrix(data: PlatformData) -> torch.Tensor:
     return matrix
 
 
-def history_matrix(data: PlatformData, split: str, users: list[int]) -> torch.Tensor:
-    """Binary [len(users), items]: the items of each user's history for ``split``."""
-    matrix = torch.zeros(len(users), len(data.items))
-    for row, u in enumerate(users):
-        history, _ = data.split(u, split)
-        if history:
-            matrix[row, history] = 1.0
-    return matrix
-
-
 def popularity_scores(data: PlatformData, split: str, users: list[int]) -> torch.Tensor:
     """Every user gets the platform's items ordered by how many users trained on them."""
     counts = training_matrix(data).sum(dim=0)
     return counts.unsqueeze(0).expand(len(users), -1).clone()
 
 
-def item_similarity(data: PlatformData) -> torch.Tensor:
-    """Item–item cosine of co-occurrence in training sequences, [items, items], zero diagonal.
+def local_index(data: PlatformData) -> CollaborativeIndex:
+    """The site's collaborative index over every user's training sequence, every neighbour kept
+    (the ItemKNN and EASE baselines are the site-side signals of clients/collaborative.py)."""
+    sequences = [data.train_sequence(u) for u in range(data.num_users)]
+    return build_collaborative_index(data, sequences, neighbours=len(data.items))
 
-    cos(i, j) = |users with i and j| / sqrt(|users with i| · |users with j|).
-    """
-    x = training_matrix(data)
-    co = x.T @ x
-    norms = co.diagonal().clamp(min=1.0).sqrt()
-    sim = co / norms.unsqueeze(0) / norms.unsqueeze(1)
-    sim.fill_diagonal_(0.0)
-    return sim
+
+def _histories(data: PlatformData, split: str, users: list[int]) -> list[list[int]]:
+    return [data.split(u, split)[0] for u in users]
 
 
 def itemknn_scores(data: PlatformData, split: str, users: list[int]) -> torch.Tensor:
-    """ItemKNN (all neighbours): an item's score is the sum of its similarities to the history."""
-    return history_matrix(data, split, users) @ item_similarity(data)
+    """ItemKNN (all neighbours): an item's score is the sum of its cosine similarities (of
+    co-occurrence in training sequences) to the history's items."""
+    return local_index(data).scores(_histories(data, split, users))["itemknn"]
 
 
-BASELINES: dict[str, Scorer] = {"popularity": popularity_scores, "itemknn": itemknn_scores}
+def ease_scores(data: PlatformData, split: str, users: list[int]) -> torch.Tensor:
+    """EASE (Steck 2019), closed form over the training sequences."""
+    index = local_index(data)
+    if index.ease is None:
+        raise ValueError(f"platform '{data.name}' is too large for EASE ({len(data.items)} items)")
+    return index.scores(_histories(data, split, users))["ease"]
+
+
+BASELINES: dict[str, Scorer] = {
+    "popularity": popularity_scores,
+    "itemknn": itemknn_scores,
+    "ease": ease_scores,
+}
 
 
 def baseline_ranks(

@@ -45,13 +45,14 @@ def pool_platforms(platforms: list[PlatformData], name: str = "pooled") -> Platf
 
     IDs are prefixed with the platform so that two platforms' "u1" stay two users.
     """
-    items, users, sequences = [], [], []
+    items, users, sequences, times = [], [], [], []
     for data in platforms:
         offset = len(items)
         items += [dataclasses.replace(i, item_id=f"{data.name}/{i.item_id}") for i in data.items]
         users += [f"{data.name}/{u}" for u in data.users]
         sequences += [[offset + i for i in seq] for seq in data.sequences]
-    return PlatformData(name=name, items=items, users=users, sequences=sequences)
+        times += data.times or [[0.0] * len(seq) for seq in data.sequences]
+    return PlatformData(name=name, items=items, users=users, sequences=sequences, times=times)
 
 
 def slice_metrics(ranks: list[int], slices: dict[str, list[int]]) -> dict[str, dict[str, float]]:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from simulations.compare.plan import CURVE_METHODS, METHODS
-from simulations.compare.results import mean_std, stat
+from simulations.compare.results import mean_std
+from simulations.compare.targets import stat
 from simulations.plots import plot_methods, plot_privacy_utility, plot_rounds
 
 

@@ -47,6 +47,7 @@ METHODS: OrderedDict[str, Method] = OrderedDict(
     [
         ("popularity", Method("Popularity", "own platform", "none (counts)")),
         ("itemknn", Method("ItemKNN", "own platform", "none (co-occurrence)")),
+        ("ease", Method("EASE", "own platform", "none (co-occurrence)")),
         ("zero_shot", Method("Zero-shot encoder", "nothing", "nothing learned")),
         ("local_only", Method("Local-only (DP)", "own platform alone", "DP ε={eps}")),
         ("federated_dp", Method("Federated (DP)", "all platforms, adapters only", "DP ε={eps}")),
@@ -67,6 +68,23 @@ METHODS: OrderedDict[str, Method] = OrderedDict(
         ("federated_eps", Method("Federated (DP, ε sweep)", "all platforms", "DP")),
     ]
 )
+# The site's final ranking: these models fused with the site's own collaborative signals
+# (clients/fusion.py), weights fitted on each platform's validation split.
+HYBRID_SUFFIX = "+local"
+HYBRID_METHODS = (
+    "zero_shot",
+    "local_only",
+    "federated_dp",
+    "federated_dp_personalized",
+    "centralized",
+)
+for _method in HYBRID_METHODS:
+    _spec = METHODS[_method]
+    METHODS[_method + HYBRID_SUFFIX] = Method(
+        f"{_spec.label} + local signals",
+        f"{_spec.trained_on}; site's own counts",
+        f"model: {_spec.privacy}; counts: the site's own",
+    )
 CURVE_METHODS = ("federated_dp", "federated_no_dp", "local_only", "centralized", "federated_unseen")
 
 

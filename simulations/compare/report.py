@@ -6,7 +6,7 @@ from typing import Any
 
 from shared.metrics import METRIC_NAMES
 from simulations.compare.plan import METHODS, eps_text
-from simulations.compare.results import stat
+from simulations.compare.targets import stat
 from simulations.report import format_table
 
 

@@ -25,15 +25,12 @@ from simulations.compare.plan import (
     SCHEMA_VERSION,
     SLICES,
     ComparePlan,
-    eps_text,
 )
+from simulations.compare.targets import check_targets
 from simulations.report import _commit
 
 if TYPE_CHECKING:
     from simulations.compare.runner import Experiment
-
-
-PRODUCT_MEAN_TARGET = 0.09
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -120,84 +117,6 @@ def privacy_utility(runs: list[dict[str, Any]], names: list[str]) -> list[dict[s
             }
         )
     return points
-
-
-def stat(summary: dict[str, Any], method: str, platform: str | None, slice_name: str = "all"):
-    """Mean NDCG@10 of ``method`` on ``platform`` (None = platform mean), or None if not run."""
-    entry = summary.get(method)
-    if entry is None:
-        return None
-    cell = entry["mean"] if platform is None else entry["platforms"].get(platform, {})
-    value = cell.get(slice_name, {}).get("ndcg@10")
-    return None if value is None else value["mean"]
-
-
-def product_method(summary: dict[str, Any]) -> str:
-    """The product's final ranking: the personalised model when the sites personalise."""
-    return "federated_dp_personalized" if "federated_dp_personalized" in summary else "federated_dp"
-
-
-def _compare_per_platform(
-    summary: dict[str, Any], names: list[str], ours: str, other: str, *, strict: bool
-) -> tuple[bool | None, str]:
-    pairs = {n: (stat(summary, ours, n), stat(summary, other, n)) for n in names}
-    known = {n: (a, b) for n, (a, b) in pairs.items() if a is not None and b is not None}
-    if not known:
-        return None, "not computable"
-    ok = {n: (a > b if strict else a >= b) for n, (a, b) in known.items()}
-    detail = "; ".join(
-        f"{n}: {a:.4f} vs {b:.4f}" + ("" if ok[n] else " (missed)") for n, (a, b) in known.items()
-    )
-    return all(ok.values()), detail
-
-
-def check_targets(
-    summary: dict[str, Any], names: list[str], product_eps: float
-) -> list[dict[str, Any]]:
-    """The targets for the product at its ε, each met or missed with its numbers.
-
-    ``met`` is None where a method it needs did not run (e.g. a single platform).
-    """
-    eps = eps_text(product_eps)
-    product = product_method(summary)
-    label = METHODS[product].label
-    targets = []
-
-    def add(target: str, met: bool | None, detail: str) -> None:
-        targets.append({"target": target, "met": met, "detail": detail})
-
-    met, detail = _compare_per_platform(summary, names, product, "popularity", strict=False)
-    add(f"{label} (ε={eps}) ≥ Popularity on every platform (NDCG@10)", met, detail)
-    mean = stat(summary, product, None)
-    add(
-        f"{label} (ε={eps}) platform-mean NDCG@10 ≥ {PRODUCT_MEAN_TARGET}",
-        None if mean is None else mean >= PRODUCT_MEAN_TARGET,
-        "not computable" if mean is None else f"{mean:.4f}",
-    )
-    met, detail = _compare_per_platform(summary, names, product, "local_only", strict=True)
-    add(f"{label} (ε={eps}) beats local-only DP on every platform (NDCG@10)", met, detail)
-    met, detail = _compare_per_platform(summary, names, product, "zero_shot", strict=True)
-    add(f"{label} (ε={eps}) beats the zero-shot encoder on every platform (NDCG@10)", met, detail)
-    central, fed = stat(summary, "centralized", None), stat(summary, "federated_dp", None)
-    add(
-        "the non-private centralized reference ≥ federated DP (platform mean NDCG@10)",
-        None if central is None or fed is None else central >= fed,
-        "not computable" if central is None or fed is None else f"{central:.4f} vs {fed:.4f}",
-    )
-    unseen = [
-        n
-        for n in names
-        if stat(summary, "federated_unseen", n) is not None
-        and stat(summary, "zero_shot", n) is not None
-    ]
-    a = stat(summary, "federated_unseen", unseen[0]) if unseen else None
-    b = stat(summary, "zero_shot", unseen[0]) if unseen else None
-    add(
-        "a platform left out of the federation, ranked with its model, beats zero-shot",
-        None if a is None or b is None else a > b,
-        "not computable" if a is None or b is None else f"{unseen[0]}: {a:.4f} vs {b:.4f}",
-    )
-    return targets
 
 
 def machine_info(device: str) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from clients.collaborative import CollaborativeIndex
 from clients.dataset import PlatformData
-from clients.evaluation import split_ranks
+from clients.evaluation import hybrid_split_ranks, split_ranks, training_index
 from clients.training import trainable_users
 from shared.adapter import get_adapter_arrays, set_adapter_arrays
 from shared.config import FedxrecConfig
@@ -20,7 +21,15 @@ from shared.metrics import ranking_metrics
 from shared.model import Recommender, build_recommender, pick_device
 from simulations.baselines import BASELINES, Scorer, baseline_ranks
 from simulations.compare.data import platform_slices, pool_platforms, slice_metrics
-from simulations.compare.plan import ComparePlan, eps_text, run_key, spent_text
+from simulations.compare.plan import (
+    HYBRID_METHODS,
+    HYBRID_SUFFIX,
+    ComparePlan,
+    eps_text,
+    run_key,
+    spent_text,
+)
+from simulations.compare.tested import Tested, merge_rounds
 from simulations.inprocess import federate
 
 Log = Callable[[str], None]
@@ -72,6 +81,7 @@ class Experiment:
         self.previous = {r["key"]: r for r in previous_runs or []}
         self._seed_model: tuple[int, Recommender, OrderedDict] | None = None
         self._vectors: dict[str, torch.Tensor] = {}
+        self._local_indexes: dict[str, CollaborativeIndex] = {}
 
     # -- progress --------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -119,14 +129,24 @@ class Experiment:
         ranks = split_ranks(rec, data, "validation", self.curve_users[data.name], vectors)
         return ranking_metrics(ranks)["ndcg@10"]
 
-    def _test(
-        self, rec: Recommender, platforms: list[PlatformData]
-    ) -> tuple[dict[str, Any], dict[str, list[int]]]:
-        metrics, ranks = {}, {}
+    def _test(self, rec: Recommender, platforms: list[PlatformData], method: str) -> Tested:
+        """Test ranks of the model on ``platforms``, and of the site's final ranking (the model
+        fused with the site's own signals) when ``method`` has a "+ local" variant."""
+        tested = Tested()
         for data in platforms:
-            ranks[data.name] = split_ranks(rec, data, "test", None, self._item_vectors(rec, data))
-            metrics[data.name] = slice_metrics(ranks[data.name], self.slices[data.name])
-        return metrics, ranks
+            vectors = self._item_vectors(rec, data)
+            ranks = split_ranks(rec, data, "test", None, vectors)
+            tested.add(data.name, ranks, self.slices[data.name])
+            if method in HYBRID_METHODS:
+                local = self._local(data)
+                ranks, weights = hybrid_split_ranks(rec, data, local, vectors)
+                tested.add_hybrid(data.name, ranks, self.slices[data.name], weights.to_dict())
+        return tested
+
+    def _local(self, data: PlatformData) -> CollaborativeIndex:
+        if data.name not in self._local_indexes:
+            self._local_indexes[data.name] = training_index(data)
+        return self._local_indexes[data.name]
 
     def _record(self, run: dict[str, Any]) -> None:
         self.runs.append(run)
@@ -153,14 +173,16 @@ class Experiment:
                 self._baseline(name, scorer)
         if not self._reuse("zero_shot"):
             self._zero_shot()
+        else:
+            self._reuse_twins("zero_shot", None, None)
         zero = next(r for r in self.runs if r["method"] == "zero_shot")
         self.round_zero = zero["rounds"][0]["validation_ndcg@10"]
         for seed in plan.seeds:
             for method, eps, trained in self._seed_plan():
                 if not self._reuse(run_key(method, seed, eps), self._units(trained)):
                     self._train_method(method, seed, eps)
-                elif method == "federated_dp":  # its personalised twin, if it was recorded
-                    self._reuse(run_key("federated_dp_personalized", seed, eps))
+                else:
+                    self._reuse_twins(method, seed, eps)
 
     def _seed_plan(self) -> list[tuple[str, float, list[PlatformData]]]:
         """(method, ε, platforms trained) of every training run of one seed, in running order."""
@@ -191,6 +213,14 @@ class Experiment:
         self.log(f"{key}: kept from the earlier results.json")
         return True
 
+    def _reuse_twins(self, method: str, seed: int | None, eps: float | None) -> None:
+        """The runs a kept run made alongside it: its personalised and "+ local" variants."""
+        twins = [method + HYBRID_SUFFIX]
+        if method == "federated_dp":
+            twins += ["federated_dp_personalized", "federated_dp_personalized" + HYBRID_SUFFIX]
+        for twin in twins:
+            self._reuse(run_key(twin, seed, eps))
+
     def _recommender(self, seed: int) -> tuple[Recommender, OrderedDict]:
         """The seed's recommender and its initial adapter, built once per seed."""
         if self._seed_model is None or self._seed_model[0] != seed:
@@ -214,9 +244,9 @@ class Experiment:
         set_adapter_arrays(rec, initial)
         self._vectors = {}
         round_zero = {p.name: self._validation_ndcg(rec, p) for p in self.platforms}
-        test, ranks = self._test(rec, self.platforms)
+        tested = self._test(rec, self.platforms, "zero_shot")
         rounds = [{"round": 0, "validation_ndcg@10": round_zero}]  # every curve starts here
-        self._record(self._run_record("zero_shot", None, None, start, test, ranks, rounds))
+        self._record_tested("zero_shot", None, None, start, tested, rounds)
 
     def _train_method(self, method: str, seed: int, eps: float) -> None:
         start = time.perf_counter()
@@ -228,19 +258,15 @@ class Experiment:
         personal: dict[str, Arrays] = {}
         if method == "local_only":
             # Each platform alone, with every step the product takes (personalisation included).
-            test, ranks, per_platform = {}, {}, []
+            tested, per_platform = Tested(), []
             for data in everyone:
                 self.log(f"{key}: {data.name} trains alone, ε {eps_text(eps)}")
-                rounds, personal = self._train(
-                    rec, initial, [data], cfg, [data], f"{key} {data.name}"
-                )
+                rounds, own = self._train(rec, initial, [data], cfg, [data], f"{key} {data.name}")
                 per_platform.append(rounds)
-                if data.name in personal:
-                    set_adapter_arrays(rec, personal[data.name])
+                if data.name in own:
+                    set_adapter_arrays(rec, own[data.name])
                     self._vectors = {}
-                t, r = self._test(rec, [data])
-                test.update(t)
-                ranks.update(r)
+                tested.update(self._test(rec, [data], method))
             rounds = merge_rounds(per_platform)
         elif method == "centralized":
             pooled = pool_platforms(everyone)
@@ -249,7 +275,7 @@ class Experiment:
                 f"{len(pooled.items)} items), no DP"
             )
             rounds, _ = self._train(rec, initial, [pooled], cfg, everyone, key)
-            test, ranks = self._test(rec, everyone)
+            tested = self._test(rec, everyone, method)
         elif method == "federated_unseen":
             held_out = self.by_name[str(self.plan.unseen)]
             others = [p for p in everyone if p is not held_out]
@@ -258,12 +284,12 @@ class Experiment:
                 f"{key}: federating {', '.join(names)} without {held_out.name}, ε {eps_text(eps)}"
             )
             rounds, _ = self._train(rec, initial, others, cfg, [held_out], key)
-            test, ranks = self._test(rec, [held_out])
+            tested = self._test(rec, [held_out], method)
         else:  # federated_dp (+ personalised), federated_dp_head_only, federated_no_dp, _eps
             self.log(f"{key}: federating {len(everyone)} platforms, ε {eps_text(eps)}")
             rounds, personal = self._train(rec, initial, everyone, cfg, everyone, key)
-            test, ranks = self._test(rec, everyone)
-        self._record(self._run_record(method, seed, eps, start, test, ranks, rounds, names))
+            tested = self._test(rec, everyone, method)
+        self._record_tested(method, seed, eps, start, tested, rounds, names)
         if method == "federated_dp" and personal:
             self._record_personalized(rec, personal, seed, eps, start, rounds, names)
 
@@ -279,17 +305,42 @@ class Experiment:
     ) -> None:
         """The same federation's final ranking at each site: its personal fine-tune."""
         global_arrays = get_adapter_arrays(rec)
-        test, ranks = {}, {}
+        method, tested = "federated_dp_personalized", Tested()
         for data in self.platforms:
             set_adapter_arrays(rec, personal[data.name])
             self._vectors = {}
-            t, r = self._test(rec, [data])
-            test.update(t)
-            ranks.update(r)
+            tested.update(self._test(rec, [data], method))
         set_adapter_arrays(rec, global_arrays)
         self._vectors = {}
-        method = "federated_dp_personalized"
-        self._record(self._run_record(method, seed, eps, start, test, ranks, rounds, names))
+        self._record_tested(method, seed, eps, start, tested, rounds, names)
+
+    def _record_tested(
+        self,
+        method: str,
+        seed: int | None,
+        eps: float | None,
+        start: float,
+        tested: Tested,
+        rounds: list[dict[str, Any]],
+        names: list[str] | None = None,
+    ) -> None:
+        """The model's run and, when it has one, its "+ local" twin (the site's final ranking)."""
+        record = self._run_record(
+            method, seed, eps, start, tested.test, tested.ranks, rounds, names
+        )
+        self._record(record)
+        if tested.fusion:
+            hybrid = self._run_record(
+                method + HYBRID_SUFFIX,
+                seed,
+                eps,
+                start,
+                tested.hybrid_test,
+                tested.hybrid_ranks,
+                rounds,
+                names,
+            )
+            self._record({**hybrid, "fusion": tested.fusion})
 
     def _train(
         self,
@@ -366,15 +417,3 @@ class Experiment:
             "ranks": ranks,
             "rounds": rounds,
         }
-
-
-def merge_rounds(per_platform: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per-round records of several single-platform runs as one record per round."""
-    merged: dict[int, dict[str, Any]] = {}
-    for rounds in per_platform:
-        for entry in rounds:
-            target = merged.setdefault(entry["round"], {"round": entry["round"]})
-            for field, value in entry.items():
-                if isinstance(value, dict):
-                    target.setdefault(field, {}).update(value)
-    return [merged[r] for r in sorted(merged)]

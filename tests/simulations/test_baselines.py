@@ -9,8 +9,9 @@ from clients.dataset import PlatformData
 from shared.text import Item
 from simulations.baselines import (
     baseline_ranks,
-    item_similarity,
+    ease_scores,
     itemknn_scores,
+    local_index,
     popularity_scores,
     training_matrix,
 )
@@ -65,6 +66,16 @@ def test_popularity_validation_split_uses_the_shorter_history(hand):
     assert baseline_ranks(popularity_scores, hand, "validation", [2]) == [4]
 
 
+def item_similarity(data):
+    """The dense [items, items] similarity held by the index's neighbour lists."""
+    index = local_index(data)
+    sim = torch.zeros(index.items, index.items)
+    for i in range(index.items):
+        keep = index.neighbours[i] >= 0
+        sim[i, index.neighbours[i][keep]] = index.similarity[i][keep]
+    return sim
+
+
 def test_item_similarity_is_co_occurrence_cosine(hand):
     sim = item_similarity(hand)
     assert sim[0, 1] == pytest.approx(2 / math.sqrt(3 * 2))  # 2 users share 0 and 1
@@ -93,3 +104,14 @@ def test_itemknn_finds_the_neighbour_popularity_misses():
     user = [len(sequences) - 1]
     assert baseline_ranks(itemknn_scores, data, "validation", user) == [1]
     assert baseline_ranks(popularity_scores, data, "validation", user) == [2]
+
+
+def test_ease_is_the_closed_form_on_training_sequences(hand):
+    x = training_matrix(hand).double()
+    gram = x.T @ x + 250.0 * torch.eye(6, dtype=torch.float64)
+    p = torch.linalg.inv(gram)
+    b = -p / p.diagonal().unsqueeze(0)
+    b.fill_diagonal_(0.0)
+    history = torch.zeros(1, 6, dtype=torch.float64)
+    history[0, [0, 2, 4]] = 1.0  # u2's test history
+    torch.testing.assert_close(ease_scores(hand, "test", [2]), (history @ b).float())

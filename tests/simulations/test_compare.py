@@ -16,6 +16,7 @@ from simulations.cli import build_parser, main
 from simulations.compare import data as compare_data
 from simulations.compare import plan as compare_plan
 from simulations.compare import results as compare_results
+from simulations.compare import targets as compare_targets
 from tests.conftest import WORDS, make_tiny_recommender
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -128,7 +129,7 @@ def test_targets_met_and_missed():
         "popularity": entry({"a": 0.11, "b": 0.12}),
         "federated_unseen": entry({"b": 0.11}),
     }
-    targets = compare_results.check_targets(summary, ["a", "b"], 8.0)
+    targets = compare_targets.check_targets(summary, ["a", "b"], 8.0)
     assert [t["met"] for t in targets] == [True, True, False, True, True, True]
     assert "Federated + personalised" in targets[0]["target"]  # the product's final ranking
     assert targets[1]["detail"] == "0.1600"
@@ -136,7 +137,7 @@ def test_targets_met_and_missed():
     assert targets[4]["detail"] == "0.1600 vs 0.1500"
     assert targets[5]["detail"] == "b: 0.1100 vs 0.1000"
     del summary["centralized"], summary["federated_dp_personalized"]
-    again = compare_results.check_targets(summary, ["a", "b"], 8.0)
+    again = compare_targets.check_targets(summary, ["a", "b"], 8.0)
     assert "Federated (DP)" in again[0]["target"] and again[0]["met"] is False
     assert again[4]["met"] is None
 
@@ -178,13 +179,19 @@ def tiny_compare(tmp_path_factory, tiny_vocab):
 EXPECTED_RUNS = {
     "popularity": [None],
     "itemknn": [None],
+    "ease": [None],
     "zero_shot": [None],
+    "zero_shot+local": [None],
     "federated_dp": [0, 1],
+    "federated_dp+local": [0, 1],
     "federated_dp_personalized": [0, 1],
+    "federated_dp_personalized+local": [0, 1],
     "local_only": [0, 1],
+    "local_only+local": [0, 1],
     "federated_dp_head_only": [0, 1],
     "federated_no_dp": [0, 1],
     "centralized": [0, 1],
+    "centralized+local": [0, 1],
     "federated_unseen": [0, 1],
 }
 
@@ -243,7 +250,11 @@ def test_results_json_schema(tiny_compare):
     assert {"federated_unseen", "zero_shot", "local_only"} <= set(
         results["unseen_platform"]["methods"]
     )
-    assert len(results["targets"]) == 6
+    assert len(results["targets"]) == 13
+    for run in runs["federated_dp_personalized+local"]:
+        for fit in run["fusion"].values():  # weights on the simplex, fitted on validation
+            assert sum(fit["weights"].values()) == pytest.approx(1.0)
+            assert {"model", "itemknn", "popularity", "ease"} == set(fit["weights"])
     assert all(t["met"] in (True, False, None) and t["detail"] for t in results["targets"])
 
 

@@ -101,7 +101,12 @@ class CollaborativeIndex:
         except (SafetensorError, OSError, ValueError):
             return None  # a damaged cache is rebuilt, never trusted
         return cls(
-            t["neighbours"], t["similarity"], t["popularity"], t["counts"], t.get("ease"), fingerprint
+            t["neighbours"],
+            t["similarity"],
+            t["popularity"],
+            t["counts"],
+            t.get("ease"),
+            fingerprint,
         )
 
 

@@ -20,9 +20,11 @@ modulo 2**32. The unmasked average differs from plain FedAvg by at most
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common import FitIns, FitRes, Parameters
 from flwr.common.constant import ErrorCode
@@ -34,10 +36,14 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
 from shared.config import FederationConfig
-from shared.records import array_record_nbytes, from_parameters, to_array_record
+from shared.records import (
+    array_record_nbytes,
+    from_array_record,
+    from_parameters,
+    to_array_record,
+)
 
 
 @dataclass
@@ -47,6 +53,24 @@ class TrainOutcome:
     refused: dict[int, str] = field(default_factory=dict)  # node -> the site's reason
     silent: set[int] = field(default_factory=set)  # nodes that never answered (dead or too slow)
     bytes_up: dict[int, int] = field(default_factory=dict)  # node -> adapter bytes it sent
+
+
+def fedavg(updates: list[tuple[dict[str, np.ndarray], float]]) -> OrderedDict[str, np.ndarray]:
+    """The weighted mean of the sites' adapters (weights: their trainable users). The one FedAvg:
+    the coordinator's rounds and the in-process federation of `fedxrec compare` both call it."""
+    total = sum(weight for _, weight in updates)
+    if not updates or total <= 0:
+        raise ValueError("nothing to average: no site sent an adapter with a positive weight")
+    names = list(updates[0][0])
+    return OrderedDict(
+        (
+            name,
+            sum(
+                np.asarray(arrays[name], dtype=np.float64) * (w / total) for arrays, w in updates
+            ).astype(np.float32),
+        )
+        for name in names
+    )
 
 
 def secagg_tolerance(fed: FederationConfig, sites: int, max_weight: float, users: float) -> float:
@@ -84,7 +108,11 @@ def fedavg_round(
         else:
             outcome.refused[node] = m.error.reason
     if len(trained) >= min_replies:
-        outcome.arrays, _ = FedAvg().aggregate_train(server_round, trained)
+        updates = [
+            (from_array_record(m.content["arrays"]), float(m.content["metrics"]["num-examples"]))
+            for m in trained
+        ]
+        outcome.arrays = to_array_record(fedavg(updates))
     return outcome
 
 

@@ -1,8 +1,8 @@
 """The same federation as the Flower app, in one process: for experiments and baselines.
 
-It calls the very functions the ClientApp calls (``train_round``, ``evaluate_split``) and averages
-adapters the way FedAvg does (weighted by trainable users), so figures match the Flower path up to
-randomness; it only skips the messaging. ``fedxrec simulate`` is the product path; this is what
+It calls the very functions the ClientApp calls (``train_round``, ``evaluate_split``) and the
+coordinator's own FedAvg (``server.aggregation.fedavg``, weighted by trainable users), so figures
+match the Flower path up to randomness; it only skips the messaging. ``fedxrec simulate`` is the product path; this is what
 ``fedxrec compare`` uses to run many methods and seeds in reasonable time.
 """
 
@@ -19,21 +19,13 @@ from clients.dataset import PlatformData
 from clients.evaluation import evaluate_split
 from clients.privacy import PrivacyBudgetExceeded, PrivacyLedger
 from clients.training import train_round, trainable_users
+from server.aggregation import fedavg
 from shared.adapter import get_adapter_arrays, set_adapter_arrays
 from shared.config import FedxrecConfig
 from shared.model import Recommender
 
 Arrays = OrderedDict[str, np.ndarray]
 Log = Callable[[str], None]
-
-
-def weighted_average(updates: list[tuple[Arrays, float]]) -> Arrays:
-    total = sum(w for _, w in updates)
-    out: Arrays = OrderedDict()
-    for arrays, weight in updates:
-        for name, value in arrays.items():
-            out[name] = out.get(name, 0.0) + value * (weight / total)
-    return OrderedDict((k, v.astype(np.float32)) for k, v in out.items())
 
 
 def federate(
@@ -96,7 +88,7 @@ def federate(
                     "delta": result.delta,
                 }
             if updates:
-                global_arrays = weighted_average(updates)
+                global_arrays = fedavg(updates)
             set_adapter_arrays(rec, global_arrays)
             if on_round:
                 on_round(server_round, metrics)

@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
+from clients.fusion import fuse, standardised_signals
 from clients.item_index import ItemIndex
+from clients.local_signals import LocalSignals
 from shared.model import Recommender
 
 # Rows of item vectors scored at once: bounds the [users, rows] score matrix (32 users x 256k rows
@@ -143,10 +145,15 @@ def recommend(
     index: ItemIndex,
     queries: Sequence[Query],
     *,
+    local: LocalSignals | None = None,
     explain_top: int = EXPLAIN_TOP,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> list[list[Recommendation]]:
-    """Top-k recommendations with explanations for each query, in one batch on the device."""
+    """Top-k recommendations with explanations for each query, in one batch on the device.
+
+    With ``local`` (the site's own signals), the score is the fused one (clients/fusion.py): the
+    model's score and the site's collaborative signals, standardised per user and weighted.
+    """
     if not queries:
         return []
     evidence = _evidence(rec, index, queries)
@@ -160,7 +167,17 @@ def recommend(
     )
     exclude = [q.history_rows if q.exclude_seen else () for q in queries]
     k_max = max(q.k for q in queries)
-    scores, rows = top_k(user_vectors, index.vectors, k_max, exclude, chunk_rows)
+    if local is None:
+        scores, rows = top_k(user_vectors, index.vectors, k_max, exclude, chunk_rows)
+    else:
+        histories = [list(q.history_rows) for q in queries]
+        model_scores = user_vectors @ index.vectors.T
+        fused = fuse(
+            standardised_signals(model_scores, local.index, histories), local.fusion.weights
+        )
+        for row, rows_out in enumerate(exclude):
+            fused[row, list(rows_out)] = float("-inf")
+        scores, rows = fused.topk(min(k_max, fused.shape[1]), dim=1)
     results = []
     scores_host, rows_host = scores.cpu().tolist(), rows.cpu().tolist()
     for q, (labels, vectors), user_scores, user_rows in zip(

@@ -26,8 +26,12 @@ def register(subparsers: Any) -> None:
         help="rank this site's catalogue for a user history (or a file of users)",
         description=(
             "Rank the items of --items for a history with the base encoder + the federation's "
-            "adapter. Each recommendation has its score (cosine of user and item vectors) and the "
-            "history items most similar to it. Item vectors are cached on disk."
+            "adapter (LoRA + sequence head). When the site has its interactions file (--interactions, "
+            "or interactions.csv|jsonl beside the items file), the ranking is hybrid: the model's "
+            "score fused with the site's own co-occurrence, popularity and EASE signals, weighted "
+            "by a fit on the site's validation split (--text-only: the model alone). Each "
+            "recommendation has its score and the history items most similar to it. Item vectors, "
+            "the site's counts and the fitted weights are cached on disk."
         ),
     )
     _add_model_options(rank)
@@ -95,6 +99,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-cache", action="store_true", help="encode every item, cache nothing")
     parser.add_argument(
+        "--interactions",
+        type=Path,
+        help="the site's interactions file for the hybrid ranking (default: the interactions "
+        "file beside --items, if any)",
+    )
+    parser.add_argument(
+        "--text-only",
+        action="store_true",
+        help="rank with the model alone, without the site's own collaborative signals",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -115,6 +130,8 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         precision=args.precision,
         cache_dir="" if args.no_cache else args.cache_dir,
         progress=progress,
+        interactions=args.interactions,
+        text_only=args.text_only,
     )
 
 
@@ -144,7 +161,7 @@ def run_rank(args: argparse.Namespace) -> int:
     ranked: list[list[Recommendation]] = []
     for start in range(0, len(users), USERS_PER_BATCH):
         part = [q for _, q in users[start : start + USERS_PER_BATCH]]
-        ranked += recommend(scorer.model.rec, index, part)
+        ranked += recommend(scorer.model.rec, index, part, local=scorer.local)
     if args.format == "json":
         print(json.dumps(_as_json(scorer, users, ranked), indent=2))
     else:
@@ -163,6 +180,8 @@ def _as_json(
         "adapter_hash": scorer.model.adapter_hash,
         "round": scorer.model.adapter_round,
         "catalogue_hash": scorer.index.catalogue_hash,
+        "ranking": "hybrid" if scorer.local else "text-only",
+        "fusion": scorer.local.describe() if scorer.local else None,
         "users": [
             {
                 "user_id": user,
@@ -179,7 +198,14 @@ def _print_table(
 ) -> None:
     model = scorer.model
     round_text = f", round {model.adapter_round}" if model.adapter_round is not None else ""
-    print(f"adapter {model.adapter_hash}{round_text}; catalogue of {len(scorer.index)} items")
+    ranking = "text-only"
+    if scorer.local:
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in scorer.local.fusion.weights.items())
+        ranking = f"hybrid ({weights}; fitted on the site's validation split)"
+    print(
+        f"adapter {model.adapter_hash}{round_text}; catalogue of {len(scorer.index)} items; "
+        f"ranking: {ranking}"
+    )
     for (user, query), recs in zip(users, ranked, strict=True):
         history = query.text if query.text else ", ".join(_history_ids(scorer, query))
         print(f"\nuser {user or '-'}: history {_clip(history, 70)}")
@@ -209,13 +235,16 @@ def run_serve(args: argparse.Namespace) -> int:
     service = ScorerService(
         partial(_load, args, progress=False),
         scorer,
-        watch_paths=watched_files(args.adapter, args.items),
+        watch_paths=watched_files(
+            args.adapter, args.items, scorer.local.interactions_file if scorer.local else None
+        ),
         watch_interval_s=args.watch,
     )
     server = build_server(create_app(service, max_batch=args.max_batch))
     host, port = sock.getsockname()[:2]
     print(
         f"fedxrec serve: adapter {scorer.model.adapter_hash}, {len(scorer.index)} items, "
+        f"{'hybrid' if scorer.local else 'text-only'} ranking, "
         f"{scorer.model.rec.device} {scorer.model.precision}; listening on http://{host}:{port}",
         file=sys.stderr,
         flush=True,

@@ -7,8 +7,9 @@ site (``--encoder``, "" = the installed all-MiniLM-L6-v2), so an adapter is neve
 model of another shape. On CUDA the scorer runs in fp16 (inference only: no gradient, no DP); on
 CPU in fp32.
 
-A ``SiteScorer`` is one immutable snapshot (model + item index); the HTTP service swaps whole
-snapshots, never parts of one.
+A ``SiteScorer`` is one immutable snapshot (model + item index + the site's own signals); the HTTP
+service swaps whole snapshots, never parts of one. When the site has its interactions file, the
+final ranking fuses the model with the site's own collaborative signals (clients/local_signals.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from clients.dataset import read_items
 from clients.item_index import ItemIndex, build_item_index, default_cache_dir
+from clients.local_signals import LocalSignals, default_interactions_file, load_local_signals
 from shared.adapter import (
     CONFIG_FILE,
     AdapterError,
@@ -188,6 +190,7 @@ class SiteScorer:
     model: ScorerModel
     index: ItemIndex
     items_file: Path
+    local: LocalSignals | None = None  # None: text-only ranking (the model alone)
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
@@ -207,6 +210,8 @@ class SiteScorer:
             "items_file": str(self.items_file),
             "items": len(self.index),
             "catalogue_hash": self.index.catalogue_hash,
+            "ranking": "hybrid" if self.local else "text-only",
+            "fusion": self.local.describe() if self.local else None,
             "loaded_at": self.loaded_at,
         }
 
@@ -220,13 +225,27 @@ def load_site_scorer(
     precision: str = "auto",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    interactions: str | Path | None = None,
+    text_only: bool = False,
 ) -> SiteScorer:
-    """Read the catalogue, load the model and index the catalogue (from the cache when it can).
+    """Read the catalogue, load the model and index the catalogue (from the cache when it can);
+    with the site's interactions (``interactions``, or the file beside ``items_file``), fit the
+    hybrid ranking unless ``text_only``.
 
     ``cache_dir=None`` uses the default cache folder of ``items_file``; pass ``""`` for no cache.
     """
     items_file = Path(items_file)
     items = read_items(items_file)  # a bad catalogue fails before the (slower) model load
+    interactions_file = None
+    if not text_only:
+        interactions_file = (
+            Path(interactions) if interactions else default_interactions_file(items_file)
+        )
+        if interactions and not interactions_file.is_file():
+            raise ValueError(
+                f"--interactions {interactions}: file not found; give the site's interactions "
+                "file, or --text-only to rank with the model alone"
+            )
     model = load_scorer_model(adapter_dir, encoder=encoder, device=device, precision=precision)
     if cache_dir is None:
         cache: Path | None = default_cache_dir(items_file)
@@ -235,4 +254,13 @@ def load_site_scorer(
     index = build_item_index(
         model.rec, items, model_fingerprint=model.fingerprint, cache_dir=cache, progress=progress
     )
-    return SiteScorer(model=model, index=index, items_file=items_file)
+    local = None
+    if interactions_file is not None:
+        local = load_local_signals(
+            model.rec,
+            index,
+            interactions_file,
+            model_fingerprint=model.fingerprint,
+            cache_dir=cache,
+        )
+    return SiteScorer(model=model, index=index, items_file=items_file, local=local)

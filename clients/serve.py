@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict
 from clients.item_index import UnknownItemError
 from clients.ranking import Query, Recommendation, query_for_ids, recommend
 from clients.scorer_model import SiteScorer
-from shared.adapter import CONFIG_FILE, META_FILE, WEIGHTS_FILE
+from shared.adapter import CONFIG_FILE, HEAD_FILE, META_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +227,16 @@ def files_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int] | None,
     return tuple(out)
 
 
-def watched_files(adapter_dir: Path, items_file: Path) -> list[Path]:
+def watched_files(
+    adapter_dir: Path, items_file: Path, interactions_file: Path | None = None
+) -> list[Path]:
     return [
         adapter_dir / CONFIG_FILE,
         adapter_dir / WEIGHTS_FILE,
+        adapter_dir / HEAD_FILE,
         adapter_dir / META_FILE,
         items_file,
+        *([interactions_file] if interactions_file else []),
     ]
 
 
@@ -322,7 +326,10 @@ def _rank_batch(batch: list[_Pending]) -> list[list[Recommendation] | BaseExcept
         snapshot = batch[positions[0]].snapshot
         try:
             ranked = recommend(
-                snapshot.model.rec, snapshot.index, [batch[p].query for p in positions]
+                snapshot.model.rec,
+                snapshot.index,
+                [batch[p].query for p in positions],
+                local=snapshot.local,
             )
         except Exception as err:
             log.exception("ranking failed")

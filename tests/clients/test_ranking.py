@@ -161,10 +161,20 @@ def test_rank_command_json_and_table(capsys, scorer, adapter_dir, encoder_dir, p
     assert code == 0
     answer = json.loads(out)
     (user,) = answer["users"]
-    expected = recommend(
-        scorer.model.rec, scorer.index, [query_for_ids(scorer.index, ["m1", "m2"], k=3)]
-    )[0]
+    query = query_for_ids(scorer.index, ["m1", "m2"], k=3)
+    # interactions.csv lies beside items.csv: the site's ranking is hybrid by default
+    assert answer["ranking"] == "hybrid" and scorer.local is not None
+    assert sum(answer["fusion"]["weights"].values()) == pytest.approx(1.0)
+    expected = recommend(scorer.model.rec, scorer.index, [query], local=scorer.local)[0]
     assert [i["item_id"] for i in user["items"]] == [r.item_id for r in expected]
+    code, out, _ = _cli(
+        capsys, "rank", *common, "--history", "m1,m2", "--k", "3", "--format", "json",
+        "--text-only",
+    )  # fmt: skip
+    text_only = json.loads(out)
+    assert text_only["ranking"] == "text-only" and text_only["fusion"] is None
+    expected = recommend(scorer.model.rec, scorer.index, [query])[0]
+    assert [i["item_id"] for i in text_only["users"][0]["items"]] == [r.item_id for r in expected]
     assert user["items"][0]["because"][0]["item_id"] in {"m1", "m2"}
     assert answer["adapter_hash"] == scorer.model.adapter_hash
 

@@ -67,7 +67,9 @@ def running_server(service, **app_options):
 
 
 def answer_of(scorer, history, k=3):
-    (recs,) = recommend(scorer.model.rec, scorer.index, [query_for_ids(scorer.index, history, k=k)])
+    """The site's ranking, computed without the service (hybrid: interactions.csv is there)."""
+    query = query_for_ids(scorer.index, history, k=k)
+    (recs,) = recommend(scorer.model.rec, scorer.index, [query], local=scorer.local)
     return [(r.item_id, r.score) for r in recs]
 
 
@@ -88,6 +90,8 @@ def test_rank_health_and_model(site, encoder_dir):
         model = client.get("/model").json()
         assert model["adapter_hash"] == scorer.model.adapter_hash and model["round"] == 1
         assert model["encoder"] == str(encoder_dir) and model["items"] == 8
+        assert model["ranking"] == "hybrid"  # /model reports the fitted fusion weights
+        assert model["fusion"]["weights"] == scorer.local.fusion.to_dict()["weights"]
 
         reply = client.post("/rank", json={"history": HISTORY, "k": 3})
         assert reply.status_code == 200, reply.text

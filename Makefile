@@ -33,7 +33,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format .
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m simulations.benchmark
+	$(BIN)/python -m simulations.bench.training
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

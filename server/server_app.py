@@ -26,8 +26,10 @@ from server.run_log import METRICS_FILE, FederationLog
 from shared.adapter import adapter_hash, get_adapter_arrays, read_adapter, save_adapter
 from shared.config import ConfigError, FedxrecConfig
 from shared.model import build_recommender, resolve_encoder
+from shared.process import set_process_defaults
 from shared.records import array_record_nbytes, from_array_record, to_array_record
 
+set_process_defaults()  # before any model loads: offline, no telemetry
 app = ServerApp()
 
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from clients.collaborative import CollaborativeIndex, build_collaborative_index
-from clients.dataset import PlatformData
+from clients.scorer.collaborative import CollaborativeIndex, build_collaborative_index
+from shared.data import PlatformData
 from shared.metrics import target_ranks
 
 Scorer = Callable[[PlatformData, str, list[int]], torch.Tensor]

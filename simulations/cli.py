@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
+
+from shared.cli import run_command
 
 # module -> registers one or more subcommands with `register(subparsers)`
 SUBCOMMAND_MODULES = (
     "simulations.simulate",
     "simulations.compare",
     "server.certs",
-    "clients.scorer_cli",
+    "clients.scorer.cli",
 )
 
 
@@ -37,24 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
-    """Run a subcommand; ``parser`` lets one part run alone (e.g. the scorer on a site machine)."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args = (parser or build_parser()).parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("fedxrec: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, RuntimeError, OSError) as err:
-        # Our own errors (ConfigError, DataError, AdapterError, ...) explain the fix: no traceback.
-        if os.environ.get("FEDXREC_DEBUG"):
-            raise
-        print(f"fedxrec {args.command}: error: {err}", file=sys.stderr)
-        print("(set FEDXREC_DEBUG=1 to see the traceback)", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

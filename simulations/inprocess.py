@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.dataset import PlatformData
-from clients.evaluation import evaluate_split
-from clients.privacy import PrivacyBudgetExceeded, PrivacyLedger
-from clients.training import train_round, trainable_users
+from clients.federation.evaluation import evaluate_split
+from clients.federation.privacy import PrivacyBudgetExceeded, PrivacyLedger
+from clients.federation.training import train_round, trainable_users
 from server.aggregation import fedavg
 from shared.adapter import get_adapter_arrays, set_adapter_arrays
 from shared.config import FedxrecConfig
+from shared.data import PlatformData
 from shared.model import Recommender
 
 Arrays = OrderedDict[str, np.ndarray]

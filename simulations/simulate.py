@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from clients.dataset import load_platform
 from server.run_log import METRICS_FILE, FederationLog
 from shared.config import ConfigError, FedxrecConfig, add_config_arguments
+from shared.data import load_platform
 from shared.metrics import ranking_metrics
 from simulations.baselines import BASELINES, baseline_ranks
-from simulations.partition import prepare_platforms
+from simulations.data.partition import prepare_platforms
+from simulations.launch.superlink import FlowerRunError, local_superlink
 from simulations.report import format_table, render_report, results_table
-from simulations.superlink import FlowerRunError, local_superlink
 
 APP_DIR = Path(__file__).resolve().parents[1]
 RAY_PREFIX = re.compile(r"(\x1b\[\d+m)?\((ClientAppActor|raylet)[^)]*\)(\x1b\[0m)?\s*")

@@ -9,10 +9,12 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from clients.dataset import PlatformData, load_platform
 from shared.config import ModelConfig
+from shared.data import PlatformData, load_platform
 from shared.model import Recommender, build_recommender
+from shared.process import set_process_defaults
 
+set_process_defaults()  # as every fedxrec entry point does
 FIXTURES = Path(__file__).parent / "fixtures"
 WORDS = "star wars the matrix toy story fargo heat alien babe casablanca categories action sci fi"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from clients.dataset import PlatformData, load_platform
 from shared.config import FedxrecConfig
+from shared.data import PlatformData, load_platform
 from shared.metrics import ranking_metrics
 from simulations.compare.plan import COLD_ITEM_MAX_TRAINING, COLD_USER_MAX_INTERACTIONS
-from simulations.partition import prepare_platforms
+from simulations.data.partition import prepare_platforms
 
 
 def load_platforms(cfg: FedxrecConfig, root: Path) -> list[PlatformData]:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from clients.dataset import PlatformData
 from server.run_log import SPLIT
+from shared.data import PlatformData
 from shared.metrics import METRIC_NAMES
 from simulations.compare.plan import (
     COLD_ITEM_MAX_TRAINING,

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from clients.collaborative import CollaborativeIndex
-from clients.dataset import PlatformData
-from clients.evaluation import hybrid_split_ranks, split_ranks, training_index
-from clients.training import trainable_users
+from clients.federation.evaluation import split_ranks
+from clients.federation.training import trainable_users
+from clients.scorer.collaborative import CollaborativeIndex
+from clients.scorer.fusion import hybrid_split_ranks, training_index
 from shared.adapter import get_adapter_arrays, set_adapter_arrays
 from shared.config import FedxrecConfig
+from shared.data import PlatformData
 from shared.metrics import ranking_metrics
 from shared.model import Recommender, build_recommender, pick_device
 from simulations.baselines import BASELINES, Scorer, baseline_ranks

@@ -15,7 +15,7 @@ import pytest
 
 from server.certs import init_certs
 from shared.config import FedxrecConfig
-from simulations.partition import prepare_platforms
+from simulations.data.partition import prepare_platforms
 from simulations.simulate import write_run_config
 from tests.conftest import tiny_bert
 

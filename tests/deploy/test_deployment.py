@@ -28,8 +28,8 @@ from server.aggregation import secagg_tolerance
 from server.checkpoint import Checkpoint
 from server.run_log import FederationLog
 from shared.adapter import adapter_hash, read_adapter, read_adapter_metadata
-from simulations.deployment import LocalSuperNode
-from simulations.superlink import TAG_VARIABLE, LocalSuperLink, descendants
+from simulations.launch.deployment import LocalSuperNode
+from simulations.launch.superlink import TAG_VARIABLE, LocalSuperLink, descendants
 
 from .conftest import DeployKit
 

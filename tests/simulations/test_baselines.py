@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clients.dataset import PlatformData
+from shared.data import PlatformData
 from shared.text import Item
 from simulations.baselines import (
     baseline_ranks,

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from clients.dataset import Interaction, PlatformData, write_platform
-from clients.privacy import default_delta
+from clients.federation.privacy import default_delta
+from shared.data import Interaction, PlatformData, write_platform
 from shared.metrics import METRIC_NAMES, ranking_metrics
 from shared.text import Item
 from simulations import compare
@@ -259,7 +259,7 @@ def test_results_json_schema(tiny_compare):
 
 
 def test_baselines_in_results_are_the_baseline_functions(tiny_compare):
-    from clients.dataset import load_platform
+    from shared.data import load_platform
 
     tiny_compare, _ = tiny_compare
     results = json.loads((tiny_compare / "results.json").read_text())
@@ -272,8 +272,8 @@ def test_baselines_in_results_are_the_baseline_functions(tiny_compare):
 
 
 def test_zero_shot_in_results_is_the_untuned_encoders_ranking(tiny_compare, tiny_vocab):
-    from clients.dataset import load_platform
-    from clients.evaluation import split_ranks
+    from clients.federation.evaluation import split_ranks
+    from shared.data import load_platform
 
     out, argv = tiny_compare
     results = json.loads((out / "results.json").read_text())

@@ -7,12 +7,12 @@ import pytest
 import torch
 from peft import PeftModel
 
-from clients.dataset import load_platform
 from shared.adapter import load_adapter, read_adapter
 from shared.config import ModelConfig
+from shared.data import load_platform
 from shared.model import TextEncoder, build_recommender, load_base_encoder
 from simulations.cli import main
-from simulations.superlink import TAG_VARIABLE
+from simulations.launch.superlink import TAG_VARIABLE
 
 pytestmark = pytest.mark.integration
 

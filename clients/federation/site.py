@@ -1,0 +1,66 @@
+"""Which platform a Flower node is, and where its private data and state live.
+
+Deployment: the SuperNode's node config names them, e.g.
+``flower-supernode --node-config "platform='books' data-path='/srv/books' state-dir='/var/fedxrec'"``.
+``keep-updates=true`` also keeps a copy of every adapter the site sends, on its own disk
+(``state-dir/updates/RUN/round-NNN``), for the site's audit.
+Simulation: the node's ``partition-id`` indexes ``simulation.platform_names``, whose folders
+``fedxrec simulate`` prepared under ``simulation.platform_root`` / ``simulation.state_root``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.config import FedxrecConfig
+from shared.data import PlatformData, load_platform
+
+
+class SiteConfigError(ValueError):
+    """The node config does not say which platform this node is."""
+
+
+@dataclass(frozen=True)
+class Site:
+    platform: str
+    data_path: Path
+    state_dir: Path
+    keep_updates: bool = False
+
+    def load_data(self, cfg: FedxrecConfig) -> PlatformData:
+        return load_platform(
+            self.data_path, self.platform, min_user_interactions=cfg.data.min_user_interactions
+        )
+
+
+def site_from_node_config(node_config: dict[str, Any], cfg: FedxrecConfig) -> Site:
+    if "data-path" in node_config:
+        data_path = Path(str(node_config["data-path"]))
+        platform = str(node_config.get("platform") or data_path.name)
+        if "state-dir" not in node_config:
+            raise SiteConfigError(
+                f"node config of platform '{platform}' has no state-dir: name a folder on this "
+                "site's disk for its privacy ledger, e.g. --node-config \"... state-dir='/var/fedxrec'\""
+            )
+        keep = str(node_config.get("keep-updates", "false")).lower() == "true"
+        return Site(platform, data_path, Path(str(node_config["state-dir"])), keep)
+    if "partition-id" in node_config:
+        names = [n for n in cfg.simulation.platform_names.split(",") if n]
+        pid = int(node_config["partition-id"])
+        if not cfg.simulation.platform_root or pid >= len(names):
+            raise SiteConfigError(
+                f"simulated node {pid} has no platform: run simulations with `fedxrec simulate`, "
+                "which prepares the platforms and sets simulation.* for the run"
+            )
+        name = names[pid]
+        return Site(
+            name,
+            Path(cfg.simulation.platform_root) / name,
+            Path(cfg.simulation.state_root) / name,
+        )
+    raise SiteConfigError(
+        "this SuperNode's node config names no platform: start it with --node-config "
+        "\"platform='NAME' data-path='/path/to/platform' state-dir='/path/to/state'\""
+    )

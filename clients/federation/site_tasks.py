@@ -1,0 +1,202 @@
+"""What a site does for the coordinator: train one round, evaluate an adapter.
+
+Free of Flower messages (clients/client_app.py turns messages into these calls and back), so the
+Message-API path and the secure-aggregation path share one training implementation. Deployment
+starts a new process per message, and imports are most of its cost: the ClientApp imports this
+module (torch, transformers, peft) only when a model is needed, so SecAgg+'s key-exchange stages
+start fast, and Opacus only where DP-SGD runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from clients.federation.evaluation import evaluate_split
+from clients.federation.site import Site
+from shared.adapter import get_adapter_arrays, save_adapter, set_adapter_arrays
+from shared.config import FedxrecConfig
+from shared.model import Recommender, build_recommender, pick_device, resolve_encoder
+
+if TYPE_CHECKING:
+    from clients.federation.training import TrainResult
+
+Adapter = OrderedDict[str, np.ndarray]
+LOCK_FILE = "training.lock"
+
+
+@dataclass
+class TrainedRound:
+    adapter: Adapter
+    result: TrainResult
+
+    def metrics(self) -> dict[str, float]:
+        return round_metrics(self.result)
+
+
+def round_metrics(r: TrainResult) -> dict[str, float]:
+    """What a site reports of its training (aggregates: not covered by DP, README says so)."""
+    return {
+        "train-loss": r.loss,
+        "epsilon": r.epsilon,
+        "delta": r.delta,
+        "noise-multiplier": r.noise_multiplier,
+        "sample-rate": r.sample_rate,
+        "steps": r.steps,
+        "lora-steps": r.lora_steps,
+        "seconds": r.seconds,
+    }
+
+
+def load_model(
+    cfg: FedxrecConfig, adapter: dict[str, np.ndarray] | Sequence[np.ndarray]
+) -> Recommender:
+    """The base encoder with the coordinator's adapter, given by name or in state-dict order."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    rec = build_recommender(cfg.model, device=pick_device(cfg.train.device))
+    if not isinstance(adapter, dict):  # legacy messages carry an unnamed list
+        adapter = dict(zip(get_adapter_arrays(rec), adapter, strict=False))
+    set_adapter_arrays(rec, adapter)
+    return rec
+
+
+def train_site(
+    cfg: FedxrecConfig,
+    site: Site,
+    adapter: dict[str, np.ndarray] | Sequence[np.ndarray],
+    *,
+    server_round: int,
+    run_id: str,
+) -> TrainedRound:
+    """One round of DP-SGD on the site's users, spending from its privacy ledger on disk.
+
+    A SuperNode may run ClientApps of several runs at once (a resumed federation while the killed
+    one's last message is still being served): one training at a time per site, so no two
+    processes read, extend and write the ledger over each other.
+    """
+    from clients.federation.training import train_round  # Opacus: only where DP-SGD runs
+
+    with _exclusive(site.state_dir / LOCK_FILE):
+        rec = load_model(cfg, adapter)
+        data = site.load_data(cfg)
+        ledger = _ledger(cfg, site, data.num_users)
+        print(f"[fedxrec] {site.platform}: training round {server_round}", flush=True)
+        result = train_round(
+            rec,
+            data,
+            cfg,
+            ledger=ledger,
+            run_id=run_id,
+            server_round=server_round,
+            rounds_left=cfg.federation.rounds - server_round + 1,
+            progress=lambda line: print(f"[fedxrec] {line}", flush=True),
+        )
+        trained = get_adapter_arrays(rec)
+        if site.keep_updates:
+            save_adapter(
+                trained,
+                cfg.model,
+                site.state_dir / "updates" / run_id / f"round-{server_round:03d}",
+                base_model=resolve_encoder(cfg.model.encoder),
+                metadata={"round": server_round, "run_id": run_id, "users": result.users},
+            )
+        return TrainedRound(trained, result)
+
+
+def personalize_site(
+    cfg: FedxrecConfig,
+    site: Site,
+    adapter: dict[str, np.ndarray],
+    *,
+    run_id: str,
+    eval_users: int,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Fine-tune the final global model on the site's own users (DP, from the same budget), keep
+    it on the site's disk (``state-dir/personal``, an adapter folder `fedxrec rank` takes) and
+    evaluate it on validation and test.
+
+    The personal model never leaves the site; only its metrics go back to the coordinator.
+    """
+    from clients.federation.training import train_round
+
+    with _exclusive(site.state_dir / LOCK_FILE):
+        rec = load_model(cfg, adapter)
+        data = site.load_data(cfg)
+        ledger = _ledger(cfg, site, data.num_users)
+        print(f"[fedxrec] {site.platform}: personalising the global model", flush=True)
+        result = train_round(
+            rec,
+            data,
+            cfg,
+            ledger=ledger,
+            run_id=run_id,
+            server_round=cfg.federation.rounds + 1,  # the personalisation release
+            rounds_left=0,
+            steps=cfg.train.personalize_steps,
+            lora_steps=0,
+            progress=lambda line: print(f"[fedxrec] {line}", flush=True),
+        )
+        save_adapter(
+            get_adapter_arrays(rec),
+            cfg.model,
+            personal_adapter_dir(site),
+            base_model=resolve_encoder(cfg.model.encoder),
+            metadata={"personalized": True, "run_id": run_id, "users": result.users},
+        )
+    return round_metrics(result), _evaluate(rec, data, {"validation": eval_users, "test": 0})
+
+
+def personal_adapter_dir(site: Site) -> Path:
+    """The site's own model: the last federation's global model, fine-tuned on its users."""
+    return site.state_dir / "personal"
+
+
+def _ledger(cfg: FedxrecConfig, site: Site, num_users: int):
+    if not cfg.privacy.enabled:
+        return None
+    from clients.federation.privacy import PrivacyLedger
+
+    return PrivacyLedger.open(
+        site.state_dir,
+        platform=site.platform,
+        num_users=num_users,
+        delta=cfg.privacy.delta,
+        epsilon_budget=cfg.privacy.epsilon,
+        accountant=cfg.privacy.accountant,
+    )
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, even if we crash
+        yield
+
+
+def evaluate_site(
+    cfg: FedxrecConfig, site: Site, adapter: dict[str, np.ndarray], users: dict[str, int]
+) -> dict[str, dict[str, float]]:
+    """Ranking metrics of ``adapter`` per split, on each split's first N users (0 = all)."""
+    return _evaluate(load_model(cfg, adapter), site.load_data(cfg), users)
+
+
+def _evaluate(rec: Recommender, data, users: dict[str, int]) -> dict[str, dict[str, float]]:
+    items = rec.encode_items(data.item_texts)  # once for every split
+    results = {}
+    for split, limit in users.items():
+        # The first N users by ID: a fixed sample (MovieLens platforms list users in random order).
+        chosen = list(range(min(limit or data.num_users, data.num_users)))
+        metrics = evaluate_split(rec, data, split, users=chosen, item_vectors=items)
+        metrics["num-examples"] = metrics.pop("users")
+        results[split] = metrics
+    return results

@@ -1,0 +1,267 @@
+"""`fedxrec rank` and `fedxrec serve`: a site ranks its own catalogue with the global adapter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clients.scorer.model import PRECISIONS, SiteScorer, load_site_scorer
+from clients.scorer.ranking import Query, Recommendation, query_for_ids, recommend
+from shared.cli import run_command
+from shared.data import build_platform, read_interactions
+from shared.model import DEFAULT_ENCODER
+
+USERS_PER_BATCH = 256
+
+
+def register(subparsers: Any) -> None:
+    rank = subparsers.add_parser(
+        "rank",
+        help="rank this site's catalogue for a user history (or a file of users)",
+        description=(
+            "Rank the items of --items for a history with the base encoder + the federation's "
+            "adapter (LoRA + sequence head). When the site has its interactions file (--interactions, "
+            "or interactions.csv|jsonl beside the items file), the ranking is hybrid: the model's "
+            "score fused with the site's own co-occurrence, popularity and EASE signals, weighted "
+            "by a fit on the site's validation split (--text-only: the model alone). Each "
+            "recommendation has its score and the history items most similar to it. Item vectors, "
+            "the site's counts and the fitted weights are cached on disk."
+        ),
+    )
+    _add_model_options(rank)
+    who = rank.add_mutually_exclusive_group(required=True)
+    who.add_argument("--history", help="item ids of this site, oldest first: ID,ID,...")
+    who.add_argument("--text", help="a free-text history, used as the user text as it is")
+    who.add_argument(
+        "--users",
+        type=Path,
+        help="an interactions file (.csv/.jsonl: user_id, item_id, timestamp): rank for each user",
+    )
+    rank.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    rank.add_argument("--format", choices=("table", "json"), default="table")
+    rank.add_argument(
+        "--include-seen", action="store_true", help="keep history items in the ranking"
+    )
+    rank.set_defaults(run=run_rank)
+
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve rankings over HTTP (POST /rank, GET /health, GET /model, POST /reload)",
+        description=(
+            "Serve this site's rankings with FastAPI. The server listens once the model and the "
+            "item index are ready; POST /reload (or --watch) loads a new adapter in the "
+            "background and swaps it in atomically."
+        ),
+    )
+    _add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
+    serve.add_argument(
+        "--watch",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="reload when the adapter folder or items file changes, checked every SECONDS (0 = off)",
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=64, help="most requests ranked in one device call"
+    )
+    serve.set_defaults(run=run_serve)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--adapter", type=Path, required=True, help="the global adapter folder (peft format)"
+    )
+    parser.add_argument(
+        "--items", type=Path, required=True, help="the catalogue: items.csv or items.jsonl"
+    )
+    parser.add_argument(
+        "--encoder",
+        default="",
+        help=f"base encoder: a local folder or HF name (default: {DEFAULT_ENCODER})",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="auto = fp16 on CUDA, fp32 on CPU"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where item vectors are cached (default: $FEDXREC_CACHE_DIR or ~/.cache/fedxrec)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="encode every item, cache nothing")
+    parser.add_argument(
+        "--interactions",
+        type=Path,
+        help="the site's interactions file for the hybrid ranking (default: the interactions "
+        "file beside --items, if any)",
+    )
+    parser.add_argument(
+        "--text-only",
+        action="store_true",
+        help="rank with the model alone, without the site's own collaborative signals",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0 = torch's default: one per core)",
+    )
+
+
+def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
+    if args.threads < 0:
+        raise ValueError(f"--threads {args.threads}: use 0 (torch's default) or more")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_site_scorer(
+        args.adapter,
+        args.items,
+        encoder=args.encoder,
+        device=args.device,
+        precision=args.precision,
+        cache_dir="" if args.no_cache else args.cache_dir,
+        progress=progress,
+        interactions=args.interactions,
+        text_only=args.text_only,
+    )
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise ValueError(f"--k {args.k} is out of range: ask for at least 1 item")
+    if args.users is not None and not args.users.is_file():
+        raise ValueError(f"--users {args.users}: file not found")
+    scorer = _load(args, progress=True)
+    index, exclude = scorer.index, not args.include_seen
+    users: list[tuple[str | None, Query]]
+    if args.history is not None:
+        users = [
+            (None, query_for_ids(index, args.history.split(","), k=args.k, exclude_seen=exclude))
+        ]
+    elif args.text is not None:
+        if not args.text.strip():
+            raise ValueError("--text is empty: give the user's history as text")
+        users = [(None, Query(text=args.text, k=args.k, exclude_seen=exclude))]
+    else:
+        interactions = read_interactions(args.users, set(index.row_of))
+        platform = build_platform("users", list(index.items), interactions, min_user_interactions=1)
+        users = [
+            (user, Query(history_rows=tuple(seq), k=args.k, exclude_seen=exclude))
+            for user, seq in zip(platform.users, platform.sequences, strict=True)
+        ]
+    ranked: list[list[Recommendation]] = []
+    for start in range(0, len(users), USERS_PER_BATCH):
+        part = [q for _, q in users[start : start + USERS_PER_BATCH]]
+        ranked += recommend(scorer.model.rec, index, part, local=scorer.local)
+    if args.format == "json":
+        print(json.dumps(_as_json(scorer, users, ranked), indent=2))
+    else:
+        _print_table(scorer, users, ranked)
+    return 0
+
+
+def _history_ids(scorer: SiteScorer, query: Query) -> list[str]:
+    return [scorer.index.items[r].item_id for r in query.history_rows]
+
+
+def _as_json(
+    scorer: SiteScorer, users: list[tuple[str | None, Query]], ranked: list[list[Recommendation]]
+) -> dict[str, Any]:
+    return {
+        "adapter_hash": scorer.model.adapter_hash,
+        "round": scorer.model.adapter_round,
+        "catalogue_hash": scorer.index.catalogue_hash,
+        "ranking": "hybrid" if scorer.local else "text-only",
+        "fusion": scorer.local.describe() if scorer.local else None,
+        "users": [
+            {
+                "user_id": user,
+                "history": query.text if query.text else _history_ids(scorer, query),
+                "items": [{"rank": n, **r.to_dict()} for n, r in enumerate(recs, start=1)],
+            }
+            for (user, query), recs in zip(users, ranked, strict=True)
+        ],
+    }
+
+
+def _print_table(
+    scorer: SiteScorer, users: list[tuple[str | None, Query]], ranked: list[list[Recommendation]]
+) -> None:
+    model = scorer.model
+    round_text = f", round {model.adapter_round}" if model.adapter_round is not None else ""
+    ranking = "text-only"
+    if scorer.local:
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in scorer.local.fusion.weights.items())
+        ranking = f"hybrid ({weights}; fitted on the site's validation split)"
+    print(
+        f"adapter {model.adapter_hash}{round_text}; catalogue of {len(scorer.index)} items; "
+        f"ranking: {ranking}"
+    )
+    for (user, query), recs in zip(users, ranked, strict=True):
+        history = query.text if query.text else ", ".join(_history_ids(scorer, query))
+        print(f"\nuser {user or '-'}: history {_clip(history, 70)}")
+        id_width = max([len("item_id"), *(len(r.item_id) for r in recs)])
+        print(f"{'rank':>4}  {'item_id':<{id_width}}  {'score':>7}  {'title':<32}  because")
+        for n, r in enumerate(recs, start=1):
+            because = ", ".join(f"{_clip(e.title, 24)} {e.similarity:.2f}" for e in r.because)
+            print(
+                f"{n:>4}  {r.item_id:<{id_width}}  {r.score:>7.4f}  {_clip(r.title, 32):<32}  "
+                f"{because}"
+            )
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from clients.scorer.http_api import bind, build_server, create_app
+    from clients.scorer.service import ScorerService, watched_files
+
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch {args.max_batch}: must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Take the port first (fails fast when it is in use) but listen only once the model is ready.
+    sock = bind(args.host, args.port)
+    scorer = _load(args, progress=True)
+    service = ScorerService(
+        partial(_load, args, progress=False),
+        scorer,
+        watch_paths=watched_files(
+            args.adapter, args.items, scorer.local.interactions_file if scorer.local else None
+        ),
+        watch_interval_s=args.watch,
+    )
+    server = build_server(create_app(service, max_batch=args.max_batch))
+    host, port = sock.getsockname()[:2]
+    print(
+        f"fedxrec serve: adapter {scorer.model.adapter_hash}, {len(scorer.index)} items, "
+        f"{'hybrid' if scorer.local else 'text-only'} ranking, "
+        f"{scorer.model.rec.device} {scorer.model.precision}; listening on http://{host}:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.run(sockets=[sock])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m clients.scorer.cli rank|serve ...`: the scorer alone, without importing the
+    federation's subcommands (a site machine that only ranks needs no Flower or Opacus)."""
+    parser = argparse.ArgumentParser(prog="python -m clients.scorer.cli")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    return run_command(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""A site's own collaborative signals, from its own interactions: item–item co-occurrence
+(ItemKNN, cosine, top-k neighbours), recency-weighted popularity, and EASE (closed form) for
+catalogues small enough to invert.
+
+They are built on the site, kept on the site's disk (safetensors, keyed by a hash of the
+interactions they count, rebuilt when those change) and used only for the site's own users' final
+ranking (clients/fusion.py). None of it ever enters a Flower message: the federation's DP
+guarantee covers what leaves the site, and these counts never do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from shared.data import PlatformData
+
+FORMAT = "fedxrec-collaborative-1"
+NEIGHBOURS = 200  # ItemKNN keeps each item's most similar items; enough for any top-K we serve
+EASE_MAX_ITEMS = 20_000  # above this the [items, items] inverse is too large for one site's RAM
+EASE_REGULARISATION = 250.0
+HALF_LIFE = 0.1  # popularity: an interaction's weight halves every 10 % of the training span
+SIGNALS = ("itemknn", "popularity", "ease")
+
+
+@dataclass(frozen=True)
+class CollaborativeIndex:
+    neighbours: torch.Tensor  # [items, k] rows of each item's most similar items (-1: none)
+    similarity: torch.Tensor  # [items, k] their cosine similarity
+    popularity: torch.Tensor  # [items] recency-weighted interaction counts
+    counts: torch.Tensor  # [items] interactions counted (0: the site knows nothing of the item)
+    ease: torch.Tensor | None  # [items, items] EASE weights, or None for a large catalogue
+    fingerprint: str  # of the interactions counted
+
+    @property
+    def items(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return tuple(s for s in SIGNALS if s != "ease" or self.ease is not None)
+
+    def scores(self, histories: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """[users, items] scores of each signal for histories given as catalogue rows."""
+        users = len(histories)
+        knn = torch.zeros(users, self.items)
+        for u, history in enumerate(histories):
+            if not history:
+                continue
+            rows = torch.as_tensor(list(history), dtype=torch.long)
+            neighbours, sims = self.neighbours[rows].flatten(), self.similarity[rows].flatten()
+            keep = neighbours >= 0
+            knn[u].index_add_(0, neighbours[keep], sims[keep])
+        out = {"itemknn": knn, "popularity": self.popularity.expand(users, -1).clone()}
+        if self.ease is not None:
+            out["ease"] = history_matrix(histories, self.items) @ self.ease
+        return out
+
+    # -- the site's disk ------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        tensors = {
+            "neighbours": self.neighbours,
+            "similarity": self.similarity,
+            "popularity": self.popularity,
+            "counts": self.counts,
+            **({"ease": self.ease} if self.ease is not None else {}),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".collaborative.")
+        os.close(fd)
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            tmp,
+            metadata={"format": FORMAT, "fingerprint": self.fingerprint},
+        )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: str) -> CollaborativeIndex | None:
+        """The index saved at ``path`` if it counts exactly these interactions, else None."""
+        if not path.is_file():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
+                return None
+            t = load_file(str(path))
+        except (SafetensorError, OSError, ValueError):
+            return None  # a damaged cache is rebuilt, never trusted
+        return cls(
+            t["neighbours"],
+            t["similarity"],
+            t["popularity"],
+            t["counts"],
+            t.get("ease"),
+            fingerprint,
+        )
+
+
+def history_matrix(histories: Sequence[Sequence[int]], items: int) -> torch.Tensor:
+    """Binary [users, items]: 1 where the item is in the user's history."""
+    matrix = torch.zeros(len(histories), items)
+    for u, history in enumerate(histories):
+        if history:
+            matrix[u, list(history)] = 1.0
+    return matrix
+
+
+def interactions_fingerprint(sequences: Sequence[Sequence[int]], data: PlatformData) -> str:
+    """Identity of what an index counts: each sequence's item ids and times, in order."""
+    digest = hashlib.blake2b(digest_size=10)
+    for u, seq in enumerate(sequences):
+        times = (data.times or [[]] * data.num_users)[u][: len(seq)]
+        digest.update(repr(([data.items[i].item_id for i in seq], times)).encode())
+    return digest.hexdigest()
+
+
+def build_collaborative_index(
+    data: PlatformData,
+    sequences: Sequence[Sequence[int]],
+    *,
+    neighbours: int = NEIGHBOURS,
+    ease_max_items: int = EASE_MAX_ITEMS,
+) -> CollaborativeIndex:
+    """Count ``sequences`` (each user's interactions to count, catalogue rows, oldest first)."""
+    items = len(data.items)
+    rows = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
+    cols = np.fromiter((i for s in sequences for i in s), dtype=np.int64, count=len(rows))
+    matrix = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(sequences), items)
+    )
+    matrix.data[:] = 1.0  # an item seen twice by one user counts once
+    counts = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float32)
+    top, sims = _item_knn(matrix, counts, neighbours)
+    ease = _ease(matrix) if 0 < items <= ease_max_items else None
+    return CollaborativeIndex(
+        neighbours=torch.from_numpy(top),
+        similarity=torch.from_numpy(sims),
+        popularity=torch.from_numpy(_recency_weighted(data, sequences, items)),
+        counts=torch.from_numpy(counts),
+        ease=ease,
+        fingerprint=interactions_fingerprint(sequences, data),
+    )
+
+
+def _item_knn(matrix: sp.csr_matrix, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's ``k`` most similar items by cosine of co-occurrence: |i ∩ j| / √(|i|·|j|)."""
+    items = matrix.shape[1]
+    co = (matrix.T @ matrix).tocsr()
+    co.setdiag(0.0)
+    co.eliminate_zeros()
+    norms = np.sqrt(np.maximum(counts, 1.0))
+    k = max(1, min(k, items))
+    top = np.full((items, k), -1, dtype=np.int64)
+    sims = np.zeros((items, k), dtype=np.float32)
+    for i in range(items):
+        start, end = co.indptr[i], co.indptr[i + 1]
+        cols = co.indices[start:end]
+        values = co.data[start:end] / (norms[i] * norms[cols])
+        if len(cols) > k:
+            best = np.argpartition(-values, k - 1)[:k]
+            cols, values = cols[best], values[best]
+        order = np.argsort(-values, kind="stable")
+        top[i, : len(cols)] = cols[order]
+        sims[i, : len(cols)] = values[order]
+    return top, sims
+
+
+def _ease(matrix: sp.csr_matrix) -> torch.Tensor:
+    """EASE (Steck 2019): B = I − P·diag(1/diag(P)) with P = (XᵀX + λI)⁻¹, zero diagonal."""
+    gram = torch.from_numpy((matrix.T @ matrix).toarray().astype(np.float64))
+    gram += EASE_REGULARISATION * torch.eye(gram.shape[0], dtype=torch.float64)
+    inverse = torch.linalg.inv(gram)
+    weights = -inverse / inverse.diagonal().unsqueeze(0)
+    weights.fill_diagonal_(0.0)
+    return weights.float()
+
+
+def _recency_weighted(
+    data: PlatformData, sequences: Sequence[Sequence[int]], items: int
+) -> np.ndarray:
+    """Interaction counts, each weighted by how recent it is (plain counts without timestamps)."""
+    popularity = np.zeros(items, dtype=np.float64)
+    times = [(data.times or [])[u][: len(s)] if data.times else [] for u, s in enumerate(sequences)]
+    flat = [t for ts in times for t in ts]
+    span = (max(flat) - min(flat)) if flat else 0.0
+    end = max(flat) if flat else 0.0
+    for seq, ts in zip(sequences, times, strict=True):
+        if span > 0 and len(ts) == len(seq):
+            weights = 0.5 ** ((end - np.asarray(ts)) / (HALF_LIFE * span))
+        else:
+            weights = np.ones(len(seq))
+        np.add.at(popularity, np.asarray(seq, dtype=np.int64), weights)
+    return popularity.astype(np.float32)

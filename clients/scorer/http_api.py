@@ -1,0 +1,380 @@
+"""The site's scoring service: FastAPI over the local scorer, with request batching and hot reload.
+
+Endpoints:
+- ``POST /rank`` ``{"history": [item ids, oldest first] | "free text", "k": 10, "exclude_seen": true}``
+  → ranked items with scores and explanations (see clients/ranking.py);
+- ``GET /health``; ``GET /model`` (adapter hash, round, encoder, catalogue);
+- ``POST /reload`` (``?wait=true`` to block until done): load the adapter folder and items file
+  again, in the background. ``--watch`` does the same when their files change.
+
+Guarantees:
+- Never a half-loaded model: the server listens only after the first model and index are built; a
+  reload builds a complete new snapshot (model + index) aside and swaps it in with one reference
+  assignment. Each request takes the snapshot once, is validated against it and is answered from
+  it alone, so no answer mixes two adapters. A failed reload keeps the old snapshot and is
+  reported in /health and /model.
+- Concurrent requests are batched: one worker thread owns the device and takes every request
+  queued while it was busy as one batch (one encoder call, one matrix product).
+- Nothing reaches the model unchecked: body size, JSON shape, empty history, unknown item ids and
+  k are checked first and answered with a 4xx whose message names the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from clients.scorer.item_index import UnknownItemError
+from clients.scorer.model import SiteScorer
+from clients.scorer.ranking import Query, Recommendation, query_for_ids, recommend
+from clients.scorer.service import ScorerService
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_HISTORY_IDS = 1000
+MAX_TEXT_CHARS = 10_000
+MAX_K = 1000
+DEFAULT_MAX_BATCH = 64
+
+
+class RankBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[str | int] | str
+    k: int = 10
+    exclude_seen: bool = True
+
+
+class BadRequest(ValueError):
+    """A request that must not reach the model; the message says what to fix."""
+
+
+def check_rank_body(body: RankBody, snapshot: SiteScorer) -> Query:
+    """Turn a request into a query against ``snapshot``'s catalogue, or say what is wrong."""
+    if not 1 <= body.k <= MAX_K:
+        raise BadRequest(
+            f"k={body.k} is out of range: ask for 1 to {MAX_K} items (fewer come back when the "
+            f"catalogue, {len(snapshot.index)} items here, has fewer left)"
+        )
+    if isinstance(body.history, str):
+        if not body.history.strip():
+            raise BadRequest("history is empty: send the user's item ids (oldest first) or a text")
+        if len(body.history) > MAX_TEXT_CHARS:
+            raise BadRequest(
+                f"history text has {len(body.history)} characters; send at most {MAX_TEXT_CHARS} "
+                "(only the first tokens shape the user vector)"
+            )
+        return Query(text=body.history, k=body.k, exclude_seen=body.exclude_seen)
+    if not body.history:
+        raise BadRequest("history is empty: send the user's item ids (oldest first) or a text")
+    if len(body.history) > MAX_HISTORY_IDS:
+        raise BadRequest(
+            f"history has {len(body.history)} item ids; send at most {MAX_HISTORY_IDS} (only the "
+            "most recent shape the user vector)"
+        )
+    ids = [str(i).strip() for i in body.history]
+    if not all(ids):
+        raise BadRequest("history holds an empty item id; send the ids of the items file")
+    try:
+        return query_for_ids(snapshot.index, ids, k=body.k, exclude_seen=body.exclude_seen)
+    except UnknownItemError as err:
+        raise BadRequest(str(err)) from None
+
+
+# ---- batching ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    snapshot: SiteScorer
+    query: Query
+    future: asyncio.Future[list[Recommendation]]
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    requests: int = 0
+    largest: int = 0
+
+
+class RankBatcher:
+    """One worker thread owns the device; requests queued while it works form the next batch."""
+
+    def __init__(self, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: must be >= 1")
+        self.max_batch = max_batch
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedxrec-rank")
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def rank(self, snapshot: SiteScorer, query: Query) -> list[Recommendation]:
+        if self._queue is None:
+            raise RuntimeError("the batcher is not running")
+        future: asyncio.Future[list[Recommendation]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(snapshot, query, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [p for p in batch if not p.future.done()]  # clients that hung up are skipped
+            if not live:
+                continue
+            self.stats.batches += 1
+            self.stats.requests += len(live)
+            self.stats.largest = max(self.stats.largest, len(live))
+            try:
+                results = await loop.run_in_executor(self._executor, _rank_batch, live)
+            except Exception as err:  # a bug, not bad input: every waiter gets the error
+                log.exception("ranking a batch failed")
+                results = [err] * len(live)
+            for pending, result in zip(live, results, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result(result)
+
+
+def _rank_batch(batch: list[_Pending]) -> list[list[Recommendation] | BaseException]:
+    """Rank a batch, one device call per snapshot (a reload may land between two requests)."""
+    results: list[list[Recommendation] | BaseException] = [[] for _ in batch]
+    groups: dict[int, list[int]] = {}
+    for position, pending in enumerate(batch):
+        groups.setdefault(id(pending.snapshot), []).append(position)
+    for positions in groups.values():
+        snapshot = batch[positions[0]].snapshot
+        try:
+            ranked = recommend(
+                snapshot.model.rec,
+                snapshot.index,
+                [batch[p].query for p in positions],
+                local=snapshot.local,
+            )
+        except Exception as err:
+            log.exception("ranking failed")
+            for p in positions:
+                results[p] = err
+            continue
+        for p, recs in zip(positions, ranked, strict=True):
+            results[p] = recs
+    return results
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``max_bytes`` with 413 before anything parses them."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, send, int(declared))
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, send, size)
+                return
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: dict[str, Any], send: Any, size: int) -> None:
+        response = JSONResponse(
+            {
+                "detail": f"request body too large ({size} bytes or more; the limit is "
+                f"{self.max_bytes}): send at most {MAX_HISTORY_IDS} history item ids or "
+                f"{MAX_TEXT_CHARS} characters of text"
+            },
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+        await response(scope, _no_body, send)
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _validation_message(err: RequestValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) + (
+        ' (expected JSON like {"history": ["item id", ...] or "text", "k": 10, '
+        '"exclude_seen": true})'
+    )
+
+
+def create_app(
+    service: ScorerService,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    batcher = RankBatcher(max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        service.start_watching()
+        try:
+            yield
+        finally:
+            service.stop()
+            await batcher.stop()
+
+    app = FastAPI(title="fedxrec site scorer", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.state.service = service
+    app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(err)}, status_code=422)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, err: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.post("/rank")
+    async def rank(body: RankBody) -> JSONResponse:
+        snapshot = service.current  # taken once: validation and answer use the same model
+        query = check_rank_body(body, snapshot)
+        recommendations = await batcher.rank(snapshot, query)
+        model = snapshot.model
+        return JSONResponse(
+            {
+                "adapter_hash": model.adapter_hash,
+                "round": model.adapter_round,
+                "catalogue_hash": snapshot.index.catalogue_hash,
+                "items": [
+                    {"rank": position, **r.to_dict()}
+                    for position, r in enumerate(recommendations, start=1)
+                ],
+            }
+        )
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        snapshot = service.current
+        return JSONResponse(
+            {
+                "status": "ok",
+                "adapter_hash": snapshot.model.adapter_hash,
+                "items": len(snapshot.index),
+                "reloading": service.reloading,
+                "last_reload_error": service.last_reload_error,
+            }
+        )
+
+    @app.get("/model")
+    async def model() -> JSONResponse:
+        stats = batcher.stats
+        return JSONResponse(
+            {**service.describe(), "batches": stats.batches, "largest_batch": stats.largest}
+        )
+
+    @app.post("/reload")
+    async def reload(wait: bool = False) -> JSONResponse:
+        if not wait:
+            return JSONResponse({"status": service.request_reload()}, status_code=202)
+        try:
+            fresh = await asyncio.to_thread(service.reload_now)
+        except (ValueError, OSError, RuntimeError) as err:
+            return JSONResponse(
+                {
+                    "detail": f"reload failed: {err}; still serving adapter "
+                    f"{service.current.model.adapter_hash}"
+                },
+                status_code=409,
+            )
+        return JSONResponse({"status": "reloaded", **fresh.describe()})
+
+    return app
+
+
+def build_server(app: FastAPI, *, log_level: str = "warning") -> Any:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A bound socket (port 0 picks a free one: read it back with getsockname). The server starts
+    listening on it only when it serves, so no connection is accepted before the model is ready."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(
+            f"cannot listen on {host}:{port} ({err.strerror}); pick another --port or stop what "
+            "uses it"
+        ) from None
+    return sock

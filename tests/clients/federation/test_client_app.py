@@ -1,0 +1,115 @@
+"""The ClientApp's handlers, called in process with real Flower messages: what leaves a site."""
+
+import random
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.federation import client_app
+from clients.federation.site_tasks import round_metrics
+from clients.scorer.collaborative import build_collaborative_index
+from shared.adapter import get_adapter_arrays
+from shared.config import FedxrecConfig
+from shared.data import Interaction, load_platform, write_platform
+from shared.model import build_recommender, load_base_encoder, load_tokenizer
+from shared.records import from_array_record, to_array_record
+from tests.clients.scorer.support import save_tiny_encoder
+from tests.conftest import FIXTURES
+
+
+@pytest.fixture
+def site(tmp_path, tiny_vocab):
+    """A site's folders (data, state) and the run config of a tiny federation."""
+    from shared.data import read_items
+
+    items = read_items(FIXTURES / "tiny_platform" / "items.csv")
+    rng = random.Random(2)
+    interactions = [
+        Interaction(f"u{u}", item.item_id, float(t))
+        for u in range(12)
+        for t, item in enumerate(rng.sample(items, rng.randint(4, 8)))
+    ]
+    write_platform(tmp_path / "data", items, interactions)
+    encoder = save_tiny_encoder(tiny_vocab, tmp_path / "encoder")
+    cfg = FedxrecConfig.from_flat(
+        {
+            "model.encoder": str(encoder),
+            "model.max_item_tokens": 16,
+            "model.history_items": 5,
+            "train.batch_size": 4,
+            "train.steps": 2,
+            "train.lora_steps": 1,
+            "train.personalize_steps": 2,
+            "federation.rounds": 1,
+            "federation.platforms": 1,
+        }
+    )
+    node = {
+        "platform": "tiny",
+        "data-path": str(tmp_path / "data"),
+        "state-dir": str(tmp_path / "state"),
+    }
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    context = Context(7, 1, node, RecordDict(), cfg.to_flat())
+    return cfg, context, tmp_path
+
+
+def _message(content: RecordDict, kind: str) -> Message:
+    return Message(content, dst_node_id=1, message_type=kind)
+
+
+def test_a_site_sends_its_adapter_and_aggregates_never_its_local_statistics(site):
+    cfg, context, root = site
+    # The site's own collaborative index exists on its disk (as `fedxrec rank` builds it).
+    data = load_platform(root / "data", "tiny")
+    local = build_collaborative_index(data, data.sequences)
+    local.save(root / "state" / "collaborative.safetensors")
+
+    rec = build_recommender(
+        cfg.model, base=load_base_encoder(cfg.model), tokenizer=load_tokenizer(cfg.model)
+    )
+    adapter = get_adapter_arrays(rec)
+    train_in = RecordDict(
+        {"arrays": to_array_record(adapter), "config": ConfigRecord({"server-round": 1})}
+    )
+    reply = client_app.train(_message(train_in, MessageType.TRAIN), context)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    sent = from_array_record(reply.content["arrays"])
+    assert list(sent) == list(adapter)  # the LoRA and the head, nothing else
+    assert all(sent[k].shape == adapter[k].shape for k in adapter)
+    # the metrics are the round's aggregates, each a scalar: no vector of counts can hide there
+    assert set(reply.content["metrics"]) == {"num-examples", *_round_metric_names()}
+    assert all(np.ndim(v) == 0 for v in reply.content["metrics"].values())
+
+    personal_in = RecordDict(
+        {
+            "arrays": to_array_record(sent),
+            "config": ConfigRecord({"server-round": 2, "personalize": True}),
+        }
+    )
+    reply = client_app.train(_message(personal_in, MessageType.TRAIN), context)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert set(reply.content.keys()) == {"metrics", "validation", "test"}  # no weights at all
+    for record in reply.content.values():
+        assert all(np.ndim(v) == 0 for v in record.values())
+
+    eval_in = RecordDict(
+        {"arrays": to_array_record(sent), "config": ConfigRecord({"splits": "validation,test"})}
+    )
+    reply = client_app.evaluate(_message(eval_in, MessageType.EVALUATE), context)
+    assert set(reply.content.keys()) == {"validation", "test"}
+    for record in reply.content.values():
+        assert all(np.ndim(v) == 0 for v in record.values())
+    reply = client_app.query(_message(RecordDict(), MessageType.QUERY), context)
+    assert set(reply.content.keys()) == {"info"}
+    assert all(np.ndim(v) == 0 for v in reply.content["info"].values())
+
+
+def _round_metric_names():
+    from clients.federation.training import TrainResult
+
+    result = TrainResult(0.0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    return set(round_metrics(result))

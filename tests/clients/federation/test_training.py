@@ -1,0 +1,218 @@
+import random
+
+import pytest
+import torch
+
+from clients.federation.examples import build_batch, pair_positions
+from clients.federation.training import (
+    DPStep,
+    encoder_row_gradients,
+    lora_schedule,
+    per_user_gradients,
+    privatize_gradients,
+    set_gradients,
+    user_losses,
+)
+
+
+@pytest.fixture
+def platform(tiny_platform):
+    """The tiny catalogue with five users whose training histories are long enough to cut."""
+    from shared.data import PlatformData
+
+    rng = random.Random(3)
+    items = tiny_platform.items
+    sequences = [rng.sample(range(len(items)), k) for k in (8, 6, 7, 5, 8)]
+    return PlatformData("longer", items, [f"u{i}" for i in range(5)], sequences)
+
+
+def _batch(data, users, *, lora_items=0, positions=4, seed=0, history_items=None):
+    return build_batch(
+        data,
+        users,
+        random.Random(seed),
+        positions=positions,
+        history_items=history_items or 3,
+        lora_items=lora_items,
+    )
+
+
+def _perturb(rec, scale=0.1, seed=0):
+    """Non-zero LoRA B and head, so that every trainable tensor gets a gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in [*rec.model.named_parameters(), *rec.head.named_parameters()]:
+            if p.requires_grad and "lora_A" not in name:
+                p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def _trainable(rec):
+    return [p for p in [*rec.head.parameters(), *rec.model.parameters()] if p.requires_grad]
+
+
+def test_pairs_are_inside_the_training_history(platform):
+    data = platform
+    users = [0, 2, 3]
+    batch = _batch(data, users, lora_items=2, positions=3)
+    for row, u in enumerate(users):
+        train = data.train_sequence(u)
+        used = batch.valid[row].nonzero().flatten().tolist()
+        assert used, "every user has at least its most recent pair"
+        last = used[-1]
+        assert batch.targets[row, last] == train[-1]  # the most recent pair is always used
+        for col in used:
+            target = int(batch.targets[row, col])
+            j = max(i for i in range(1, len(train)) if train[i] == target)
+            window = batch.windows[row, col][batch.window_mask[row, col]].tolist()
+            assert window == train[max(0, j - 3) : j][::-1]  # most recent first, N = 3
+            seen = [i for i in batch.seen[row, col].tolist() if i < len(data.items)]
+            assert target not in seen and set(seen) == set(train[:j]) - {target}
+        fresh = [
+            batch.fresh_rows[s]
+            for s in batch.fresh_slots[row].tolist()
+            if s < len(batch.fresh_rows)
+        ]
+        assert fresh == train[-3:-1][::-1]  # the items just before the most recent target
+
+
+def test_positions_keep_the_last_pair_and_sample_the_rest():
+    rng = random.Random(0)
+    assert pair_positions(3, 8, rng) == [1, 2]
+    chosen = pair_positions(100, 8, rng)
+    assert len(chosen) == 8 and chosen[-1] == 99 and len(set(chosen)) == 8
+
+
+def test_lora_steps_are_spread_over_the_round():
+    assert lora_schedule(40, 2) == {20, 40}
+    assert lora_schedule(5, 5) == {1, 2, 3, 4, 5}
+    assert lora_schedule(10, 0) == set()
+
+
+def test_loss_of_one_user_ignores_the_rest_of_its_batch(tiny_rec, platform):
+    data = platform
+    _perturb(tiny_rec)
+    items = tiny_rec.encode_items(data.item_texts)
+    for lora_items in (0, 2):
+        losses = {}
+        for others in ([], [1, 3], [2, 4, 3]):
+            batch = _batch(data, [0, *others], lora_items=lora_items)
+            losses[tuple(others)] = float(user_losses(tiny_rec, data, batch, items)[0])
+        first = losses[()]
+        assert all(v == pytest.approx(first, abs=1e-5) for v in losses.values()), losses
+
+
+def test_per_user_gradients_are_each_users_own(tiny_rec, platform):
+    """The per-user gradient of every trainable tensor (head, and LoRA through Opacus' per-row
+    hooks summed per user) equals the gradient of that user's loss alone."""
+    data, rec = platform, tiny_rec
+    _perturb(rec)
+    items = rec.encode_items(data.item_texts)
+    users = [0, 2, 3, 4]
+    batch = _batch(data, users, lora_items=2)
+    singles = []
+    for row in range(len(users)):
+        one = _batch(data, users, lora_items=2)  # the same draws, then keep one user
+        one = _select(one, row)
+        for p in _trainable(rec):
+            p.grad = None
+        user_losses(rec, data, one, items).sum().backward()
+        singles.append({p: p.grad.clone() for p in _trainable(rec)})
+    rec.model.train()
+    with encoder_row_gradients(rec) as hooked:
+        per_user, _ = per_user_gradients(rec, data, batch, items, hooked)
+    assert set(per_user) == set(_trainable(rec))
+    lora = [p for p in rec.model.parameters() if p.requires_grad]
+    assert all(torch.count_nonzero(per_user[p]) > 0 for p in lora)
+    for row in range(len(users)):
+        for p, g in singles[row].items():
+            torch.testing.assert_close(per_user[p][row], g, atol=1e-5, rtol=1e-4)
+
+
+def _select(batch, row):
+    """A batch of one user taken from ``batch`` (fresh rows renumbered)."""
+    from clients.federation.examples import UserBatch
+
+    owned = (batch.fresh_owner == row).nonzero().flatten()
+    remap = {int(old): new for new, old in enumerate(owned)}
+    slots = batch.fresh_slots[row : row + 1].clone()
+    slots = slots.apply_(lambda s: remap.get(s, len(owned)))
+    return UserBatch(
+        users=[batch.users[row]],
+        windows=batch.windows[row : row + 1],
+        window_mask=batch.window_mask[row : row + 1],
+        targets=batch.targets[row : row + 1],
+        valid=batch.valid[row : row + 1],
+        seen=batch.seen[row : row + 1],
+        fresh_rows=[batch.fresh_rows[i] for i in owned.tolist()],
+        fresh_owner=torch.zeros(len(owned), dtype=torch.long),
+        fresh_slots=slots,
+        window_slot=batch.window_slot[row : row + 1],
+    )
+
+
+def _step(rec, data, batch, items, dp):
+    trained = _trainable(rec)
+    rec.model.train()
+    optimizer = torch.optim.SGD(trained, lr=0.5)
+    optimizer.zero_grad(set_to_none=True)
+    if dp is None:
+        set_gradients(rec, data, batch, items, trained, dp=None)
+    else:
+        with encoder_row_gradients(rec) as hooked:
+            set_gradients(rec, data, batch, items, trained, dp=dp, hooked=hooked)
+    grads = [p.grad.clone() for p in trained]
+    optimizer.step()
+    return grads, [p.detach().clone() for p in trained]
+
+
+def _dp_matches_plain(make_rec, data, users):
+    plain, private = make_rec(), make_rec()
+    _perturb(plain)
+    _perturb(private)
+    items = plain.encode_items(data.item_texts)
+    batch = _batch(data, users, lora_items=2)
+    g_plain, w_plain = _step(plain, data, batch, items, None)
+    g_dp, w_dp = _step(private, data, batch, items, DPStep(1e9, 0.0, len(users)))
+    assert all(torch.count_nonzero(g) > 0 for g in g_plain)
+    for a, b in zip(g_dp, g_plain, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for a, b in zip(w_dp, w_plain, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_dp_step_without_noise_or_clipping_equals_plain_step(
+    tiny_vocab, tiny_model_config, platform
+):
+    from tests.conftest import make_tiny_recommender
+
+    _dp_matches_plain(
+        lambda: make_tiny_recommender(tiny_vocab, tiny_model_config), platform, [0, 2, 3]
+    )
+
+
+def test_clipping_bounds_each_user_and_noise_has_the_promised_scale():
+    p = torch.nn.Parameter(torch.zeros(4000))
+    per_user = {p: torch.stack([torch.full((4000,), 10.0), torch.zeros(4000)])}
+    clipped = privatize_gradients(
+        per_user, max_grad_norm=2.0, noise_multiplier=0.0, expected_batch_size=1.0
+    )
+    assert float(clipped[p].norm()) == pytest.approx(2.0, rel=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    empty = privatize_gradients(
+        {p: torch.zeros(0, 4000)},
+        max_grad_norm=2.0,
+        noise_multiplier=1.5,
+        expected_batch_size=10.0,
+        generator=gen,
+    )  # nobody sampled: the step still releases noise of std σ·C / B
+    assert float(empty[p].std()) == pytest.approx(1.5 * 2.0 / 10.0, rel=0.05)
+
+
+@pytest.mark.integration
+def test_dp_equals_plain_on_the_real_encoder(platform):
+    """opacus#820: peft adapters under Opacus must get the right gradients with the real model."""
+    from shared.config import ModelConfig
+    from shared.model import build_recommender
+
+    cfg = ModelConfig(max_item_tokens=16, history_items=3)
+    _dp_matches_plain(lambda: build_recommender(cfg), platform, [0, 2, 3])

@@ -1,0 +1,156 @@
+"""The site's own collaborative signals and their fusion with the model (hand-made fixtures)."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from clients.scorer.collaborative import CollaborativeIndex, build_collaborative_index
+from clients.scorer.fusion import fit_fusion, fuse, simplex_grid, standardise, standardised_signals
+from shared.data import PlatformData
+from shared.text import Item
+
+
+def make_platform(sequences, items, times=None):
+    return PlatformData(
+        name="hand",
+        items=[Item(f"i{k}", f"title {k}") for k in range(items)],
+        users=[f"u{k}" for k in range(len(sequences))],
+        sequences=sequences,
+        times=times,
+    )
+
+
+def brute_force_knn(sequences, items, history):
+    """ItemKNN by definition: Σ_h |users with h and j| / √(|users with h|·|users with j|)."""
+    users_of = [{u for u, s in enumerate(sequences) if i in s} for i in range(items)]
+    scores = []
+    for j in range(items):
+        total = 0.0
+        for h in history:
+            if h != j and users_of[h] and users_of[j]:
+                total += len(users_of[h] & users_of[j]) / math.sqrt(
+                    len(users_of[h]) * len(users_of[j])
+                )
+        scores.append(total)
+    return scores
+
+
+@pytest.fixture
+def random_platform():
+    rng = random.Random(4)
+    sequences = [rng.sample(range(30), rng.randint(3, 12)) for _ in range(40)]
+    return make_platform(sequences, items=32)  # items 30 and 31: nobody has them
+
+
+def test_itemknn_equals_the_brute_force_definition(random_platform):
+    data = random_platform
+    index = build_collaborative_index(data, data.sequences, neighbours=32)
+    histories = [data.sequences[0][:4], [5, 9], [30], []]
+    got = index.scores(histories)["itemknn"]
+    for row, history in enumerate(histories):
+        expected = brute_force_knn(data.sequences, 32, history)
+        torch.testing.assert_close(got[row], torch.tensor(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_top_k_keeps_each_items_most_similar_neighbours(random_platform):
+    data = random_platform
+    full = build_collaborative_index(data, data.sequences, neighbours=32)
+    top = build_collaborative_index(data, data.sequences, neighbours=5)
+    for i in range(30):
+        kept = top.neighbours[i][top.neighbours[i] >= 0]
+        assert len(kept) <= 5
+        best = full.similarity[i][:5]
+        torch.testing.assert_close(top.similarity[i][: len(kept)], best[: len(kept)])
+
+
+def test_recency_weighted_popularity():
+    # item 0: two interactions long ago; item 1: one at the end of the span
+    data = make_platform([[0, 1], [0, 2]], items=3, times=[[0.0, 100.0], [0.0, 50.0]])
+    index = build_collaborative_index(data, data.sequences)
+    pop = index.popularity.tolist()
+    assert pop[1] == pytest.approx(1.0)  # at the end: weight 1
+    assert pop[0] == pytest.approx(2 * 0.5**10)  # two, each 10 half-lives old
+    assert pop[2] == pytest.approx(0.5**5)
+    assert index.counts.tolist() == [2.0, 1.0, 1.0]
+
+
+def test_index_is_saved_and_rebuilt_when_interactions_change(tmp_path, random_platform):
+    data = random_platform
+    path = tmp_path / "local.safetensors"
+    index = build_collaborative_index(data, data.sequences)
+    index.save(path)
+    again = CollaborativeIndex.load(path, index.fingerprint)
+    assert again is not None and torch.equal(again.similarity, index.similarity)
+    assert torch.equal(again.ease, index.ease)
+    changed = [*data.sequences[:-1], data.sequences[-1] + [31]]
+    other = build_collaborative_index(data, changed)
+    assert other.fingerprint != index.fingerprint
+    assert CollaborativeIndex.load(path, other.fingerprint) is None  # stale: rebuild
+    path.write_bytes(b"damaged")
+    assert CollaborativeIndex.load(path, index.fingerprint) is None
+
+
+def test_standardise_ignores_the_history():
+    scores = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    z = standardise(scores, torch.tensor([[False, False, False, True]]))
+    torch.testing.assert_close(z[0, :3], torch.tensor([-1.2247, 0.0, 1.2247]), atol=1e-4, rtol=0)
+
+
+def test_simplex_grid():
+    grid = simplex_grid(["a", "b", "c"], step=0.5)
+    assert len(grid) == 6 and all(sum(w.values()) == pytest.approx(1.0) for w in grid)
+
+
+def test_a_new_item_reaches_the_top_through_the_model(random_platform):
+    """Item 31 has no interaction on the site: its collaborative signals are the model's."""
+    data = random_platform
+    index = build_collaborative_index(data, data.sequences)
+    history = [data.sequences[0][:5]]
+    model = torch.zeros(1, 32)
+    model[0, 31] = 10.0  # the model is sure of the new item
+    signals = standardised_signals(model, index, history)
+    for name in ("itemknn", "popularity", "ease"):
+        assert signals[name][0, 31] == signals["model"][0, 31]
+    weights = {"model": 0.2, "itemknn": 0.4, "popularity": 0.2, "ease": 0.2}
+    fused = fuse(signals, weights)
+    fused[0, history[0]] = float("-inf")
+    assert int(fused[0].argmax()) == 31
+
+
+def test_fusion_weights_never_see_the_test_split(random_platform, tiny_vocab, tiny_model_config):
+    """The fit reads validation histories and targets only: corrupting every test target (the
+    last item) leaves the weights unchanged."""
+    from clients.scorer.fusion import hybrid_split_ranks, training_index
+    from tests.conftest import make_tiny_recommender
+
+    data = random_platform
+    corrupted = make_platform(
+        [s[:-1] + [(s[-1] + 7) % 30] for s in data.sequences], items=32
+    )  # same training and validation parts, other test targets
+    assert all(
+        corrupted.split(u, "validation") == data.split(u, "validation")
+        for u in range(data.num_users)
+    )
+
+    def weights(platform):
+        rec = make_tiny_recommender(tiny_vocab, tiny_model_config)
+        _, fit = hybrid_split_ranks(rec, platform, training_index(platform))
+        return fit
+
+    assert weights(data) == weights(corrupted)
+
+
+def test_fit_prefers_the_signal_that_predicts():
+    """Users follow co-occurrence; a model that scores at random gets no weight."""
+    pairs = [(2 * k, 2 * k + 1) for k in range(10)]
+    sequences = [list(pairs[u % 10]) + [20 + u % 3] for u in range(60)]
+    data = make_platform(sequences, items=23)
+    index = build_collaborative_index(data, [s[:-1] for s in sequences])
+    histories = [[s[0]] for s in sequences]
+    targets = [s[1] for s in sequences]
+    noise = torch.randn(len(histories), 23, generator=torch.Generator().manual_seed(0))
+    fit = fit_fusion(noise, index, histories, targets)
+    assert fit.weights["model"] == 0.0 and fit.validation_ndcg > fit.model_only_ndcg
+    assert fit.validation_ndcg == pytest.approx(1.0)

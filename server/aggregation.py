@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 
 from shared.config import FederationConfig
 from shared.records import (
+    TrainingRecord,
     array_record_nbytes,
     from_array_record,
     from_parameters,
@@ -49,7 +50,7 @@ from shared.records import (
 @dataclass
 class TrainOutcome:
     arrays: ArrayRecord | None  # the new global adapter; None = nothing to aggregate
-    metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # node -> training metrics
+    metrics: dict[int, TrainingRecord] = field(default_factory=dict)  # node -> its training report
     refused: dict[int, str] = field(default_factory=dict)  # node -> the site's reason
     silent: set[int] = field(default_factory=set)  # nodes that never answered (dead or too slow)
     bytes_up: dict[int, int] = field(default_factory=dict)  # node -> adapter bytes it sent
@@ -101,7 +102,7 @@ def fedavg_round(
     for m in replies:
         node = m.metadata.src_node_id
         if not m.has_error():
-            outcome.metrics[node] = {k: float(v) for k, v in m.content["metrics"].items()}
+            outcome.metrics[node] = TrainingRecord.from_record(m.content["metrics"])
             outcome.bytes_up[node] = array_record_nbytes(m.content["arrays"])
         elif m.error.code == ErrorCode.NODE_UNAVAILABLE:
             outcome.silent.add(node)
@@ -109,7 +110,10 @@ def fedavg_round(
             outcome.refused[node] = m.error.reason
     if len(trained) >= min_replies:
         updates = [
-            (from_array_record(m.content["arrays"]), float(m.content["metrics"]["num-examples"]))
+            (
+                from_array_record(m.content["arrays"]),
+                float(outcome.metrics[m.metadata.src_node_id].users),
+            )
             for m in trained
         ]
         outcome.arrays = to_array_record(fedavg(updates))
@@ -207,8 +211,7 @@ class SecureAggregation:
 
         outcome = TrainOutcome(arrays=None)
         for proxy, res in strategy.results:
-            metrics = {k: float(v) for k, v in res.metrics.items()}
-            outcome.metrics[proxy.node_id] = {"num-examples": float(res.num_examples), **metrics}
+            outcome.metrics[proxy.node_id] = TrainingRecord.from_record(res.metrics)
         missing = set(nodes) - set(outcome.metrics)
         reasons = [_reason(f) for f in strategy.failures]
         # Failures carry no node id: name the nodes that did not finish, with every reason given.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import FedxrecConfig
+from shared.records import TrainingRecord
 
 SPLIT = "chronological leave-last-out per user (test = last item, validation = second-last)"
 METRICS_FILE = "metrics.json"
@@ -53,22 +54,13 @@ class FederationLog:
     def record_training(
         self,
         server_round: int,
-        metrics: dict[str, dict[str, float]],
+        records: dict[str, TrainingRecord],
         refused: dict[str, str],
         bytes_up: dict[str, int] | None = None,
     ) -> None:
         entry = self._round(server_round)
-        for name, m in metrics.items():
-            entry["platforms"].setdefault(name, {}).update(
-                {
-                    "loss": m["train-loss"],
-                    "epsilon": m["epsilon"],
-                    "delta": m["delta"],
-                    "noise_multiplier": m["noise-multiplier"],
-                    "steps": m["steps"],
-                    "train_seconds": m["seconds"],
-                }
-            )
+        for name, record in records.items():
+            entry["platforms"].setdefault(name, {}).update(record.to_record())
         for name, nbytes in (bytes_up or {}).items():
             entry["platforms"].setdefault(name, {})["bytes_up"] = nbytes
         entry["refused"].update(refused)
@@ -96,18 +88,17 @@ class FederationLog:
             "federated": {k: _ranking(v) for k, v in federated.items()},
         }
 
-    def record_personalized(self, results: dict[str, dict[str, dict[str, float]]]) -> None:
+    def record_personalized(
+        self, results: dict[str, tuple[TrainingRecord, dict[str, dict[str, float]]]]
+    ) -> None:
         """Each site's personal model: its training (ε after it) and validation/test metrics."""
         self.personalization = {
-            name: {
-                "epsilon": r["metrics"]["epsilon"],
-                "noise_multiplier": r["metrics"]["noise-multiplier"],
-                "steps": r["metrics"]["steps"],
-                "validation": _ranking(r["validation"]),
-            }
-            for name, r in results.items()
+            name: {**record.to_record(), "validation": _ranking(splits["validation"])}
+            for name, (record, splits) in results.items()
         }
-        self.final["personalized"] = {name: _ranking(r["test"]) for name, r in results.items()}
+        self.final["personalized"] = {
+            name: _ranking(splits["test"]) for name, (_, splits) in results.items()
+        }
 
     def epsilon_spent(self, *, personalized: bool = True) -> dict[str, float]:
         """Last ε each platform reported (0 for a platform that never trained): after its

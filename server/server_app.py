@@ -27,7 +27,12 @@ from shared.adapter import adapter_hash, get_adapter_arrays, read_adapter, save_
 from shared.config import ConfigError, FedxrecConfig
 from shared.model import build_recommender, resolve_encoder
 from shared.process import set_process_defaults
-from shared.records import array_record_nbytes, from_array_record, to_array_record
+from shared.records import (
+    TrainingRecord,
+    array_record_nbytes,
+    from_array_record,
+    to_array_record,
+)
 
 set_process_defaults()  # before any model loads: offline, no telemetry
 app = ServerApp()
@@ -160,21 +165,22 @@ class Coordinator:
             Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes
         ]
         replies = self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
-        results: dict[str, dict[str, dict[str, float]]] = {}
+        results: dict[str, tuple[TrainingRecord, dict[str, dict[str, float]]]] = {}
         for m in replies:
             name = self._name(m.metadata.src_node_id)
             if m.has_error():
                 print(f"[fedxrec] {name} did not personalise: {m.error.reason}", flush=True)
                 continue
-            results[name] = {
+            splits = {
                 part: {k: float(v) for k, v in m.content[part].items()}
-                for part in ("metrics", "validation", "test")
+                for part in ("validation", "test")
             }
+            results[name] = (TrainingRecord.from_record(m.content["metrics"]), splits)
         self.log.record_personalized(results)
-        for name, r in sorted(results.items()):
+        for name, (record, splits) in sorted(results.items()):
             print(
                 f"[fedxrec] {name}: personalised model kept on the site; test NDCG@10 "
-                f"{r['test']['ndcg@10']:.4f}, ε {r['metrics']['epsilon']:.2f}",
+                f"{splits['test']['ndcg@10']:.4f}, ε {record.epsilon:.2f}",
                 flush=True,
             )
 

@@ -1,12 +1,55 @@
-"""Adapters in Flower messages: named float32 arrays in an ArrayRecord (numpy format, no pickle)."""
+"""What crosses the wire, one spelling each: adapters as named float32 arrays in an ArrayRecord
+(numpy format, no pickle), and a site's training report as a ``TrainingRecord`` (the same field
+names in the Flower message, in metrics.json and in every report)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """A site's report of one training round (or of its personalisation).
+
+    Aggregates, not covered by DP (README "Privacy guarantee" says so): nothing here is a vector.
+    ``users`` is also the site's FedAvg weight.
+    """
+
+    loss: float  # mean per-user loss over the users sampled
+    epsilon: float  # spent so far, this round included (inf without DP)
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    lora_steps: int
+    users: int  # users on the platform that can be trained on
+    examples: int  # users sampled, summed over steps
+    seconds: float
+
+    def to_record(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> TrainingRecord:
+        """From a MetricRecord or metrics.json entry; a missing field is a protocol error."""
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in record]
+        if missing:
+            raise ValueError(
+                f"a site's training report lacks {missing}: the site and the coordinator run "
+                "different fedxrec versions"
+            )
+        values = {
+            f.name: (int if f.type == "int" else float)(record[f.name])  # type: ignore[call-overload]
+            for f in dataclasses.fields(cls)
+        }
+        return cls(**values)
 
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -17,7 +17,7 @@ import numpy as np
 
 from clients.federation.evaluation import evaluate_split
 from clients.federation.privacy import PrivacyBudgetExceeded, PrivacyLedger
-from clients.federation.training import train_round, trainable_users
+from clients.federation.training import train_round
 from server.aggregation import fedavg
 from shared.adapter import get_adapter_arrays, set_adapter_arrays
 from shared.config import FedxrecConfig
@@ -80,13 +80,8 @@ def federate(
                 except PrivacyBudgetExceeded as err:
                     log(f"[fedxrec] {err}")
                     continue
-                updates.append((get_adapter_arrays(rec), float(len(trainable_users(data)))))
-                metrics[data.name] = {
-                    "loss": result.loss,
-                    "epsilon": result.epsilon,
-                    "noise_multiplier": result.noise_multiplier,
-                    "delta": result.delta,
-                }
+                updates.append((get_adapter_arrays(rec), float(result.users)))
+                metrics[data.name] = result.to_record()
             if updates:
                 global_arrays = fedavg(updates)
             set_adapter_arrays(rec, global_arrays)

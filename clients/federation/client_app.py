@@ -74,15 +74,11 @@ def train(msg: Message, context: Context) -> Message:
         return _refuse(msg, BUDGET_EXHAUSTED, str(err))
     except ValueError as err:
         return _failed(msg, err)
-    # FedAvg's weight: the platform's trainable users.
-    users, metrics = trained.result.users, trained.metrics()
+    report = trained.record.to_record()  # its `users` are the site's FedAvg weight
     if secure:
-        return legacy_fit_reply(msg, trained.adapter, users, metrics)
+        return legacy_fit_reply(msg, trained.adapter, trained.record.users, report)
     content = RecordDict(
-        {
-            "arrays": to_array_record(trained.adapter),
-            "metrics": MetricRecord({"num-examples": users, **metrics}),
-        }
+        {"arrays": to_array_record(trained.adapter), "metrics": MetricRecord(report)}
     )
     return Message(content=content, reply_to=msg)
 
@@ -98,7 +94,7 @@ def personalize(msg: Message, context: Context) -> Message:
     try:
         cfg, site = _site(context)
         config = msg.content["config"]
-        trained, metrics = personalize_site(
+        record, metrics = personalize_site(
             cfg,
             site,
             from_array_record(msg.content["arrays"]),
@@ -111,7 +107,7 @@ def personalize(msg: Message, context: Context) -> Message:
         return _failed(msg, err)
     content = RecordDict(
         {
-            "metrics": MetricRecord(trained),
+            "metrics": MetricRecord(record.to_record()),
             **{split: MetricRecord(m) for split, m in metrics.items()},
         }
     )

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,9 +24,7 @@ from clients.federation.site import Site
 from shared.adapter import get_adapter_arrays, save_adapter, set_adapter_arrays
 from shared.config import FedxrecConfig
 from shared.model import Recommender, build_recommender, pick_device, resolve_encoder
-
-if TYPE_CHECKING:
-    from clients.federation.training import TrainResult
+from shared.records import TrainingRecord
 
 Adapter = OrderedDict[str, np.ndarray]
 LOCK_FILE = "training.lock"
@@ -36,24 +33,7 @@ LOCK_FILE = "training.lock"
 @dataclass
 class TrainedRound:
     adapter: Adapter
-    result: TrainResult
-
-    def metrics(self) -> dict[str, float]:
-        return round_metrics(self.result)
-
-
-def round_metrics(r: TrainResult) -> dict[str, float]:
-    """What a site reports of its training (aggregates: not covered by DP, README says so)."""
-    return {
-        "train-loss": r.loss,
-        "epsilon": r.epsilon,
-        "delta": r.delta,
-        "noise-multiplier": r.noise_multiplier,
-        "sample-rate": r.sample_rate,
-        "steps": r.steps,
-        "lora-steps": r.lora_steps,
-        "seconds": r.seconds,
-    }
+    record: TrainingRecord
 
 
 def load_model(
@@ -119,7 +99,7 @@ def personalize_site(
     *,
     run_id: str,
     eval_users: int,
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+) -> tuple[TrainingRecord, dict[str, dict[str, float]]]:
     """Fine-tune the final global model on the site's own users (DP, from the same budget), keep
     it on the site's disk (``state-dir/personal``, an adapter folder `fedxrec rank` takes) and
     evaluate it on validation and test.
@@ -152,7 +132,7 @@ def personalize_site(
             base_model=resolve_encoder(cfg.model.encoder),
             metadata={"personalized": True, "run_id": run_id, "users": result.users},
         )
-    return round_metrics(result), _evaluate(rec, data, {"validation": eval_users, "test": 0})
+    return result, _evaluate(rec, data, {"validation": eval_users, "test": 0})
 
 
 def personal_adapter_dir(site: Site) -> Path:

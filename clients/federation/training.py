@@ -38,23 +38,10 @@ from clients.federation.privacy import PrivacyLedger
 from shared.config import FedxrecConfig
 from shared.data import PlatformData
 from shared.model import Recommender
+from shared.records import TrainingRecord
 
 Progress = Callable[[str], None]
-__all__ = ["TrainResult", "train_round", "trainable_users", "user_losses", "per_user_gradients"]
-
-
-@dataclass
-class TrainResult:
-    loss: float
-    examples: int  # users sampled this round, summed over steps
-    users: int  # users on the platform that can be trained on
-    steps: int
-    lora_steps: int
-    noise_multiplier: float
-    sample_rate: float
-    epsilon: float  # spent so far, this round included (inf without DP)
-    delta: float
-    seconds: float
+__all__ = ["train_round", "trainable_users", "user_losses", "per_user_gradients"]
 
 
 def _user_loss(
@@ -297,7 +284,7 @@ def train_round(
     item_vectors: torch.Tensor | None = None,
     steps: int | None = None,
     lora_steps: int | None = None,
-) -> TrainResult:
+) -> TrainingRecord:
     """Train ``rec``'s head (and LoRA) in place for one round; returns what the reply reports.
 
     ``item_vectors`` are the catalogue's vectors under the round's global model, if the caller has
@@ -368,15 +355,15 @@ def train_round(
                 )
     optimizer.zero_grad(set_to_none=True)
     rec.model.eval()
-    return TrainResult(
+    return TrainingRecord(
         loss=total_loss / max(examples, 1),
-        examples=examples,
-        users=n,
-        steps=steps,
-        lora_steps=lora_steps,
-        noise_multiplier=sigma,
-        sample_rate=sample_rate,
         epsilon=epsilon,
         delta=delta,
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=steps,
+        lora_steps=lora_steps,
+        users=n,
+        examples=examples,
         seconds=time.perf_counter() - start,
     )

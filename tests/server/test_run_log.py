@@ -2,6 +2,7 @@ import json
 
 from server.run_log import FederationLog
 from shared.config import FedxrecConfig
+from shared.records import TrainingRecord
 from simulations.report import render_report, results_table
 
 
@@ -17,14 +18,18 @@ def _ranking(x):
 
 
 def _train(loss, eps):
-    return {
-        "train-loss": loss,
-        "epsilon": eps,
-        "delta": 0.01,
-        "noise-multiplier": 1.1,
-        "steps": 3.0,
-        "seconds": 1.0,
-    }
+    return TrainingRecord(
+        loss=loss,
+        epsilon=eps,
+        delta=0.01,
+        noise_multiplier=1.1,
+        sample_rate=0.3,
+        steps=3,
+        lora_steps=1,
+        users=10,
+        examples=9,
+        seconds=1.0,
+    )
 
 
 def _log():
@@ -59,3 +64,21 @@ def test_report_shows_both_models_and_the_refusal():
     assert rows[2][rows[0].index("ndcg@10")] == "0.3000" and rows[2][-1] == "2.5000"
     text = render_report(log)
     assert "round 1, b: budget exhausted" in text and "| a NDCG@10" in text
+
+
+def test_a_training_record_is_spelled_once_on_the_wire_and_on_disk(tmp_path):
+    record = _train(3.0, 2.5)
+    assert TrainingRecord.from_record(record.to_record()) == record  # the message's MetricRecord
+    log = _log()
+    log.write(tmp_path)
+    on_disk = FederationLog.read(tmp_path).rounds[1]["platforms"]["a"]
+    assert TrainingRecord.from_record(on_disk) == record
+
+
+def test_an_incomplete_training_record_is_a_clear_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="lacks \\['lora_steps'\\]"):
+        TrainingRecord.from_record(
+            {k: v for k, v in _train(1.0, 1.0).to_record().items() if k != "lora_steps"}
+        )

@@ -8,13 +8,12 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.federation import client_app
-from clients.federation.site_tasks import round_metrics
 from clients.scorer.collaborative import build_collaborative_index
 from shared.adapter import get_adapter_arrays
 from shared.config import FedxrecConfig
 from shared.data import Interaction, load_platform, write_platform
 from shared.model import build_recommender, load_base_encoder, load_tokenizer
-from shared.records import from_array_record, to_array_record
+from shared.records import TrainingRecord, from_array_record, to_array_record
 from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import FIXTURES
 
@@ -81,7 +80,8 @@ def test_a_site_sends_its_adapter_and_aggregates_never_its_local_statistics(site
     assert list(sent) == list(adapter)  # the LoRA and the head, nothing else
     assert all(sent[k].shape == adapter[k].shape for k in adapter)
     # the metrics are the round's aggregates, each a scalar: no vector of counts can hide there
-    assert set(reply.content["metrics"]) == {"num-examples", *_round_metric_names()}
+    assert TrainingRecord.from_record(reply.content["metrics"]).users == 12
+    assert set(reply.content["metrics"]) == set(TrainingRecord.__dataclass_fields__)
     assert all(np.ndim(v) == 0 for v in reply.content["metrics"].values())
 
     personal_in = RecordDict(
@@ -106,10 +106,3 @@ def test_a_site_sends_its_adapter_and_aggregates_never_its_local_statistics(site
     reply = client_app.query(_message(RecordDict(), MessageType.QUERY), context)
     assert set(reply.content.keys()) == {"info"}
     assert all(np.ndim(v) == 0 for v in reply.content["info"].values())
-
-
-def _round_metric_names():
-    from clients.federation.training import TrainResult
-
-    result = TrainResult(0.0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    return set(round_metrics(result))

@@ -14,7 +14,7 @@ same head serves every platform, a new item and a new platform. Reading it top t
 
 The score of an item is ``u · v / temperature``. Every trainable tensor is on the user side, so a
 user's loss depends only on that user's history and the catalogue's vectors: per-user gradients are
-exact (clients/training.py).
+exact (clients/federation/training.py).
 
 A history is given as rows of an item-vector table (the catalogue), not as gathered vectors: the
 pooling is a [users, table] weight matrix times the table, which costs what scoring the catalogue

@@ -1,4 +1,4 @@
-"""Ranking metrics over a full catalogue (DESIGN.md protocol: no sampled negatives)."""
+"""Ranking metrics over a full catalogue (README "Results": no sampled negatives)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def popularity_scores(data: PlatformData, split: str, users: list[int]) -> torch
 
 def local_index(data: PlatformData) -> CollaborativeIndex:
     """The site's collaborative index over every user's training sequence, every neighbour kept
-    (the ItemKNN and EASE baselines are the site-side signals of clients/collaborative.py)."""
+    (the ItemKNN and EASE baselines are the site-side signals of clients/scorer/collaborative.py)."""
     sequences = [data.train_sequence(u) for u in range(data.num_users)]
     return build_collaborative_index(data, sequences, neighbours=len(data.items))
 

@@ -1,9 +1,9 @@
 """The site's Flower ClientApp (Message API): train, evaluate, and say which platform it is.
 
-Training arrives in one of two forms, served by the same training code (clients/site_tasks.py):
+Training arrives in one of two forms, served by the same training code (clients/federation/site_tasks.py):
 - plain FedAvg: a Message-API record ("arrays" + "config"); the reply carries the adapter;
 - secure aggregation (SecAgg+): Flower's legacy "fitins" records, routed by ``secure_mod``
-  (clients/secure_aggregation.py), which masks the adapter before it leaves the site.
+  (clients/federation/secure_aggregation.py), which masks the adapter before it leaves the site.
 
 Only adapter arrays and a few aggregate numbers leave the site. The replies' metrics (training
 loss, validation/test ranking metrics, user counts) are aggregates that DP-SGD does not cover;

@@ -3,7 +3,7 @@
 A user's training sequence (every item but the validation and test targets) gives (history → next
 item) pairs, one per position. A user's example holds up to ``positions`` of them: always the most
 recent pair (the one most like the held-out targets), plus others drawn at random. The user's loss
-averages over its pairs (clients/training.py), so the whole history counts at the privacy cost of
+averages over its pairs (clients/federation/training.py), so the whole history counts at the privacy cost of
 one example.
 
 For a LoRA step, the ``lora_items`` items just before the user's most recent target are encoded

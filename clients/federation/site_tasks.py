@@ -1,6 +1,6 @@
 """What a site does for the coordinator: train one round, evaluate an adapter.
 
-Free of Flower messages (clients/client_app.py turns messages into these calls and back), so the
+Free of Flower messages (clients/federation/client_app.py turns messages into these calls and back), so the
 Message-API path and the secure-aggregation path share one training implementation. Deployment
 starts a new process per message, and imports are most of its cost: the ClientApp imports this
 module (torch, transformers, peft) only when a model is needed, so SecAgg+'s key-exchange stages

@@ -1,6 +1,6 @@
 """Local training on one platform: user-level DP-SGD over the sequence head and the encoder's LoRA.
 
-One example is one user (clients/examples.py). Its loss averages that user's (history → next item)
+One example is one user (clients/federation/examples.py). Its loss averages that user's (history → next item)
 pairs, each scored with a full softmax over the catalogue's vectors, computed once per round by the
 round's global model and frozen for the round. The target is scored with its frozen vector like
 every other item (encoding it with gradient while negatives stay frozen lets the encoder "win" by
@@ -12,7 +12,7 @@ A DP step (as Opacus' DPOptimizer does it, with the per-user gradients computed 
 1. Poisson-sample users with rate q = batch_size / users;
 2. per-user gradients of every trainable tensor: the head's by ``torch.func`` (vmap of grad over
    users); in a LoRA step, also the LoRA's, from Opacus' hooks on the encoder rows of the user's
-   fresh items, summed per user (clients/examples.py);
+   fresh items, summed per user (clients/federation/examples.py);
 3. clip each user's whole gradient to ``max_grad_norm``, sum, add N(0, (σ·clip)²) to every
    coordinate, divide by the expected batch size; Adam.
 Every step of a round is one (σ, q) release in the site's ledger; ε is Opacus' accountant over

@@ -4,7 +4,7 @@ catalogues small enough to invert.
 
 They are built on the site, kept on the site's disk (safetensors, keyed by a hash of the
 interactions they count, rebuilt when those change) and used only for the site's own users' final
-ranking (clients/fusion.py). None of it ever enters a Flower message: the federation's DP
+ranking (clients/scorer/fusion.py). None of it ever enters a Flower message: the federation's DP
 guarantee covers what leaves the site, and these counts never do.
 """
 

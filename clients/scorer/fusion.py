@@ -1,5 +1,5 @@
 """A site's final ranking: the federated model's score fused with the site's own collaborative
-signals (clients/collaborative.py), with weights fitted on the site's own validation split.
+signals (clients/scorer/collaborative.py), with weights fitted on the site's own validation split.
 
 Each signal is standardised per user over the candidate items (the history left out), then the
 fused score is Σ weight · z. A signal that knows nothing of an item (no interaction on the site:

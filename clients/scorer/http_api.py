@@ -2,7 +2,7 @@
 
 Endpoints:
 - ``POST /rank`` ``{"history": [item ids, oldest first] | "free text", "k": 10, "exclude_seen": true}``
-  → ranked items with scores and explanations (see clients/ranking.py);
+  → ranked items with scores and explanations (see clients/scorer/ranking.py);
 - ``GET /health``; ``GET /model`` (adapter hash, round, encoder, catalogue);
 - ``POST /reload`` (``?wait=true`` to block until done): load the adapter folder and items file
   again, in the background. ``--watch`` does the same when their files change.

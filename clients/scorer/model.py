@@ -9,7 +9,7 @@ CPU in fp32.
 
 A ``SiteScorer`` is one immutable snapshot (model + item index + the site's own signals); the HTTP
 service swaps whole snapshots, never parts of one. When the site has its interactions file, the
-final ranking fuses the model with the site's own collaborative signals (clients/local_signals.py).
+final ranking fuses the model with the site's own collaborative signals (clients/scorer/local_signals.py).
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def recommend(
 ) -> list[list[Recommendation]]:
     """Top-k recommendations with explanations for each query, in one batch on the device.
 
-    With ``local`` (the site's own signals), the score is the fused one (clients/fusion.py): the
+    With ``local`` (the site's own signals), the score is the fused one (clients/scorer/fusion.py): the
     model's score and the site's collaborative signals, standardised per user and weighted.
     """
     if not queries:

@@ -1,10 +1,11 @@
 """`fedxrec compare`: the federated private recommender against what a platform would pick instead.
 
-On the same platforms and the same chronological leave-last-out split (DESIGN.md protocol: full
+On the same platforms and the same chronological leave-last-out split (README "Results": full
 ranking of each platform's catalogue, history excluded), for each seed:
 
   popularity        per platform, counts of training interactions
   itemknn           per platform, item–item co-occurrence cosine
+  ease              per platform, EASE (closed form) on the training interactions
   zero_shot         the pretrained encoder, no fine-tuning
   local_only        each platform trains its own model alone, same DP budget as the product
   federated_dp      the product: FedAvg of DP models (LoRA + sequence head) at privacy.epsilon
@@ -15,7 +16,10 @@ ranking of each platform's catalogue, history excluded), for each seed:
   centralized       no DP, every platform's data pooled in one place (a reference no one may run)
   federated_unseen  DP federation without one platform, ranked on that platform it never saw
 
-plus the federation at every ε of --epsilons (privacy–utility), with the noise each needed.
+plus the federation at every ε of --epsilons (privacy–utility), with the noise each needed, and
+"+local" twins of zero_shot, local_only, federated_dp(_personalized) and centralized: each site's
+final ranking, the model fused with the site's own collaborative signals (weights fitted on the
+site's validation split).
 
 Writes to --out: ``results.json`` (every figure, per run and summarised, with the data set, split,
 seeds, ε and δ), ``report.md`` (tables, targets met or missed, plots), ``plots/*.png`` and

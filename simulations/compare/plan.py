@@ -74,7 +74,7 @@ METHODS: OrderedDict[str, Method] = OrderedDict(
     ]
 )
 # The site's final ranking: these models fused with the site's own collaborative signals
-# (clients/fusion.py), weights fitted on each platform's validation split.
+# (clients/scorer/fusion.py), weights fitted on each platform's validation split.
 HYBRID_SUFFIX = "+local"
 HYBRID_METHODS = (
     "zero_shot",

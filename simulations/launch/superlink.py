@@ -9,7 +9,7 @@ are found by a tag in their environment and by parentage, not by process group a
 
 The same launcher runs a deployment on one machine (tests, benchmarks): ``certs`` turns on TLS
 (a ``fedxrec certs init`` ``superlink/`` folder) and ``node_auth`` SuperNode authentication;
-simulations/deployment.py starts the SuperNodes.
+simulations/launch/deployment.py starts the SuperNodes.
 """
 
 from __future__ import annotations

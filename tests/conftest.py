@@ -72,3 +72,38 @@ def platform_dir(tmp_path) -> Path:
 @pytest.fixture
 def tiny_platform(platform_dir) -> PlatformData:
     return load_platform(platform_dir, "tiny")
+
+
+def write_synthetic_site(folder: Path, *, users: int, seed: int, prefix: str = "u") -> Path:
+    """A platform folder over the tiny catalogue whose users have 4-8 interactions each."""
+    import random
+
+    from shared.data import Interaction, read_items, write_platform
+
+    items = read_items(FIXTURES / "tiny_platform" / "items.csv")
+    rng = random.Random(seed)
+    interactions = [
+        Interaction(f"{prefix}{u}", item.item_id, float(t))
+        for u in range(users)
+        for t, item in enumerate(rng.sample(items, rng.randint(4, 8)))
+    ]
+    return write_platform(folder, items, interactions)
+
+
+def tiny_federation_config(encoder: Path, **overrides: object):
+    """A federation of the tiny encoder small enough to run in a unit test."""
+    from shared.config import FedxrecConfig
+
+    flat = {
+        "model.encoder": str(encoder),
+        "model.max_item_tokens": 16,
+        "model.history_items": 5,
+        "train.batch_size": 4,
+        "train.steps": 2,
+        "train.lora_steps": 1,
+        "train.personalize_steps": 2,
+        "federation.rounds": 1,
+        "federation.platforms": 1,
+        **overrides,
+    }
+    return FedxrecConfig.from_flat(flat)

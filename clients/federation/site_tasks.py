@@ -23,6 +23,7 @@ from clients.federation.evaluation import evaluate_split
 from clients.federation.site import Site
 from shared.adapter import get_adapter_arrays, save_adapter, set_adapter_arrays
 from shared.config import FedxrecConfig
+from shared.data import PlatformData
 from shared.model import Recommender, build_recommender, pick_device, resolve_encoder
 from shared.records import TrainingRecord
 
@@ -63,22 +64,15 @@ def train_site(
     one's last message is still being served): one training at a time per site, so no two
     processes read, extend and write the ledger over each other.
     """
-    from clients.federation.training import train_round  # Opacus: only where DP-SGD runs
-
     with _exclusive(site.state_dir / LOCK_FILE):
-        rec = load_model(cfg, adapter)
-        data = site.load_data(cfg)
-        ledger = _ledger(cfg, site, data.num_users)
         print(f"[fedxrec] {site.platform}: training round {server_round}", flush=True)
-        result = train_round(
-            rec,
-            data,
+        rec, _, result = _train(
             cfg,
-            ledger=ledger,
+            site,
+            adapter,
             run_id=run_id,
             server_round=server_round,
             rounds_left=cfg.federation.rounds - server_round + 1,
-            progress=lambda line: print(f"[fedxrec] {line}", flush=True),
         )
         trained = get_adapter_arrays(rec)
         if site.keep_updates:
@@ -106,24 +100,17 @@ def personalize_site(
 
     The personal model never leaves the site; only its metrics go back to the coordinator.
     """
-    from clients.federation.training import train_round
-
     with _exclusive(site.state_dir / LOCK_FILE):
-        rec = load_model(cfg, adapter)
-        data = site.load_data(cfg)
-        ledger = _ledger(cfg, site, data.num_users)
         print(f"[fedxrec] {site.platform}: personalising the global model", flush=True)
-        result = train_round(
-            rec,
-            data,
+        rec, data, result = _train(
             cfg,
-            ledger=ledger,
+            site,
+            adapter,
             run_id=run_id,
             server_round=cfg.federation.rounds + 1,  # the personalisation release
             rounds_left=0,
             steps=cfg.train.personalize_steps,
             lora_steps=0,
-            progress=lambda line: print(f"[fedxrec] {line}", flush=True),
         )
         save_adapter(
             get_adapter_arrays(rec),
@@ -133,6 +120,28 @@ def personalize_site(
             metadata={"personalized": True, "run_id": run_id, "users": result.users},
         )
     return result, _evaluate(rec, data, {"validation": eval_users, "test": 0})
+
+
+def _train(
+    cfg: FedxrecConfig,
+    site: Site,
+    adapter: dict[str, np.ndarray] | Sequence[np.ndarray],
+    **round_settings: object,
+) -> tuple[Recommender, PlatformData, TrainingRecord]:
+    """The site's model and data, trained in place by DP-SGD paid from its ledger."""
+    from clients.federation.training import train_round  # Opacus: only where DP-SGD runs
+
+    rec = load_model(cfg, adapter)
+    data = site.load_data(cfg)
+    result = train_round(
+        rec,
+        data,
+        cfg,
+        ledger=_ledger(cfg, site, data.num_users),
+        progress=lambda line: print(f"[fedxrec] {line}", flush=True),
+        **round_settings,  # type: ignore[arg-type]
+    )
+    return rec, data, result
 
 
 def personal_adapter_dir(site: Site) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from simulations.compare.plan import HYBRID_SUFFIX, METHODS, eps_text
@@ -19,6 +20,10 @@ def stat(summary: dict[str, Any], method: str, platform: str | None, slice_name:
     cell = entry["mean"] if platform is None else entry["platforms"].get(platform, {})
     value = cell.get(slice_name, {}).get("ndcg@10")
     return None if value is None else value["mean"]
+
+
+def _add(targets: list[dict[str, Any]], target: str, met: bool | None, detail: str) -> None:
+    targets.append({"target": target, "met": met, "detail": detail})
 
 
 def product_method(summary: dict[str, Any]) -> str:
@@ -50,10 +55,8 @@ def check_targets(
     eps = eps_text(product_eps)
     product = product_method(summary)
     label = METHODS[product].label
-    targets = []
-
-    def add(target: str, met: bool | None, detail: str) -> None:
-        targets.append({"target": target, "met": met, "detail": detail})
+    targets: list[dict[str, Any]] = []
+    add = partial(_add, targets)
 
     met, detail = _compare_per_platform(summary, names, product, "popularity", strict=False)
     add(f"{label} (ε={eps}) ≥ Popularity on every platform (NDCG@10)", met, detail)
@@ -98,10 +101,8 @@ def hybrid_targets(
     if hybrid not in summary:
         return []
     label = METHODS[hybrid].label
-    out = []
-
-    def add(target: str, met: bool | None, detail: str) -> None:
-        out.append({"target": target, "met": met, "detail": detail})
+    out: list[dict[str, Any]] = []
+    add = partial(_add, out)
 
     met, detail = _compare_per_platform(summary, names, hybrid, "itemknn", strict=False)
     add(f"{label} (ε={eps}) ≥ ItemKNN on every platform (NDCG@10)", met, detail)

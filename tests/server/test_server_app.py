@@ -2,7 +2,6 @@
 ClientApp handlers of two sites (their own data, state and privacy ledgers on disk)."""
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -14,11 +13,9 @@ from server.aggregation import fedavg
 from server.checkpoint import Checkpoint
 from server.server_app import Coordinator
 from shared.adapter import read_adapter
-from shared.config import FedxrecConfig
-from shared.data import Interaction, read_items, write_platform
 from shared.records import TrainingRecord
 from tests.clients.scorer.support import save_tiny_encoder
-from tests.conftest import FIXTURES
+from tests.conftest import tiny_federation_config, write_synthetic_site
 
 HANDLERS = {
     MessageType.TRAIN: client_app.train,
@@ -49,31 +46,18 @@ class InProcessGrid:
 
 @pytest.fixture
 def federation(tmp_path, tiny_vocab):
-    items = read_items(FIXTURES / "tiny_platform" / "items.csv")
-    encoder = save_tiny_encoder(tiny_vocab, tmp_path / "encoder")
-    cfg = FedxrecConfig.from_flat(
-        {
-            "model.encoder": str(encoder),
-            "model.max_item_tokens": 16,
-            "model.history_items": 5,
-            "train.batch_size": 4,
+    cfg = tiny_federation_config(
+        save_tiny_encoder(tiny_vocab, tmp_path / "encoder"),
+        **{
             "train.steps": 3,
-            "train.lora_steps": 1,
-            "train.personalize_steps": 2,
             "federation.rounds": 2,
             "federation.platforms": 2,
             "federation.out_dir": str(tmp_path / "out"),
-        }
+        },
     )
     sites = {}
     for node, name in ((11, "books"), (12, "films")):
-        rng = random.Random(node)
-        interactions = [
-            Interaction(f"{name}{u}", item.item_id, float(t))
-            for u in range(10)
-            for t, item in enumerate(rng.sample(items, rng.randint(4, 8)))
-        ]
-        write_platform(tmp_path / name, items, interactions)
+        write_synthetic_site(tmp_path / name, users=10, seed=node, prefix=name)
         node_config = {
             "platform": name,
             "data-path": str(tmp_path / name),

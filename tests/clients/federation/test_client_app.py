@@ -1,7 +1,5 @@
 """The ClientApp's handlers, called in process with real Flower messages: what leaves a site."""
 
-import random
-
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -10,41 +8,18 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients.federation import client_app
 from clients.scorer.collaborative import build_collaborative_index
 from shared.adapter import get_adapter_arrays
-from shared.config import FedxrecConfig
-from shared.data import Interaction, load_platform, write_platform
+from shared.data import load_platform
 from shared.model import build_recommender, load_base_encoder, load_tokenizer
 from shared.records import TrainingRecord, from_array_record, to_array_record
 from tests.clients.scorer.support import save_tiny_encoder
-from tests.conftest import FIXTURES
+from tests.conftest import tiny_federation_config, write_synthetic_site
 
 
 @pytest.fixture
 def site(tmp_path, tiny_vocab):
     """A site's folders (data, state) and the run config of a tiny federation."""
-    from shared.data import read_items
-
-    items = read_items(FIXTURES / "tiny_platform" / "items.csv")
-    rng = random.Random(2)
-    interactions = [
-        Interaction(f"u{u}", item.item_id, float(t))
-        for u in range(12)
-        for t, item in enumerate(rng.sample(items, rng.randint(4, 8)))
-    ]
-    write_platform(tmp_path / "data", items, interactions)
-    encoder = save_tiny_encoder(tiny_vocab, tmp_path / "encoder")
-    cfg = FedxrecConfig.from_flat(
-        {
-            "model.encoder": str(encoder),
-            "model.max_item_tokens": 16,
-            "model.history_items": 5,
-            "train.batch_size": 4,
-            "train.steps": 2,
-            "train.lora_steps": 1,
-            "train.personalize_steps": 2,
-            "federation.rounds": 1,
-            "federation.platforms": 1,
-        }
-    )
+    write_synthetic_site(tmp_path / "data", users=12, seed=2)
+    cfg = tiny_federation_config(save_tiny_encoder(tiny_vocab, tmp_path / "encoder"))
     node = {
         "platform": "tiny",
         "data-path": str(tmp_path / "data"),

@@ -91,9 +91,24 @@ def fedavg_round(
     *,
     timeout: float,
     min_replies: int,
+    node_config: dict[int, dict[str, float]] | None = None,
 ) -> TrainOutcome:
-    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
-    messages = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+    """``node_config``: what each node is told besides the round (what its ledger must show)."""
+    messages = [
+        Message(
+            RecordDict(
+                {
+                    "arrays": arrays,
+                    "config": ConfigRecord(
+                        {"server-round": server_round, **(node_config or {}).get(n, {})}
+                    ),
+                }
+            ),
+            dst_node_id=n,
+            message_type=MessageType.TRAIN,
+        )
+        for n in nodes
+    ]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     trained = [m for m in replies if not m.has_error()]
     outcome = TrainOutcome(arrays=None)
@@ -131,15 +146,21 @@ class _SecureRound(Strategy):
     already replaced by the unmasked weighted average (the workflow does that), and keeps them.
     """
 
-    def __init__(self, nodes: list[int], grid: Grid, run_id: int, config: dict) -> None:
+    def __init__(
+        self, nodes: list[int], grid: Grid, run_id: int, config: dict, node_config: dict
+    ) -> None:
         self.nodes, self.grid, self.run_id, self.config = nodes, grid, run_id, config
+        self.node_config = node_config
         self.average: Parameters | None = None
         self.results: list[tuple[ClientProxy, FitRes]] = []
         self.failures: list[BaseException | tuple[ClientProxy, FitRes]] = []
 
     def configure_fit(self, server_round, parameters, client_manager):
         proxies = [GridClientProxy(n, self.grid, self.run_id) for n in self.nodes]
-        return [(p, FitIns(parameters, dict(self.config))) for p in proxies]
+        return [
+            (p, FitIns(parameters, {**self.config, **self.node_config.get(p.node_id, {})}))
+            for p in proxies
+        ]
 
     def aggregate_fit(self, server_round, results, failures):
         self.results, self.failures = list(results), list(failures)
@@ -194,10 +215,13 @@ class SecureAggregation:
         server_round: int,
         *,
         min_replies: int,
+        node_config: dict[int, dict[str, float]] | None = None,
         log: Callable[[str], None] = print,
     ) -> TrainOutcome:
         names = list(arrays.keys())
-        strategy = _SecureRound(nodes, grid, self.context.run_id, {"server-round": server_round})
+        strategy = _SecureRound(
+            nodes, grid, self.context.run_id, {"server-round": server_round}, node_config or {}
+        )
         legacy = LegacyContext(
             context=self.context, config=ServerConfig(num_rounds=server_round), strategy=strategy
         )

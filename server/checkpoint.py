@@ -7,7 +7,8 @@ and ``federation.resume=true`` continues at the round after it: no round lost, n
 
 It holds the round number, the adapter's path and hash, the strategy's state (FedAvg keeps none
 beyond the global adapter: the checkpoint records how it aggregates), the model settings the
-adapter fits, and the zero-shot test figures the final report compares against.
+adapter fits, the zero-shot test figures the final report compares against, and how many releases
+and how much ε each site's ledger showed when it last reported.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class Checkpoint:
     model: dict[str, Any]  # model.* settings the adapter fits
     zero_shot_test: dict[str, dict[str, float]]
     run_ids: list[str] = field(default_factory=list)  # every Flower run that worked on it
+    # platform -> [releases, ε] its privacy ledger showed when it last reported: a site whose
+    # ledger shows less after a restart (lost, rolled back) is refused
+    ledgers: dict[str, list[float]] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
 
     def write(self, out_dir: str | Path) -> Path:

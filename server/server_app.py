@@ -62,6 +62,7 @@ class Coordinator:
         self.log = FederationLog.start(cfg, self.run_id)
         self.nodes: list[int] = []
         self.platform_of: dict[int, str] = {}
+        self.ledgers: dict[str, tuple[int, float]] = {}  # platform -> (releases, ε) it reported
         self.secure: SecureAggregation | None = None
 
     # ---- the federation ------------------------------------------------------------------
@@ -142,6 +143,7 @@ class Coordinator:
         adapter = read_adapter(out / ckpt.adapter, self.cfg.model)
         if adapter_hash(adapter) != ckpt.adapter_hash:
             raise CheckpointError(f"{out / ckpt.adapter} is not the adapter the checkpoint names")
+        self.ledgers = {name: (int(n), float(e)) for name, (n, e) in ckpt.ledgers.items()}
         previous = FederationLog.read(out)
         previous.platforms.update(self.log.platforms)
         previous.resume_after(ckpt.round, self.run_id, self.cfg.to_flat())
@@ -193,18 +195,36 @@ class Coordinator:
         return float(max(p["users"] for p in self.log.platforms.values()))
 
     def _train(self, arrays: ArrayRecord, server_round: int) -> TrainOutcome:
+        # Each site is told what its ledger showed when it last reported: a site whose ledger
+        # shows less (deleted, rolled back) refuses rather than spend its budget again.
+        node_config = {
+            n: {"ledger-releases": self.ledgers[name][0], "ledger-epsilon": self.ledgers[name][1]}
+            for n in self.nodes
+            if (name := self._name(n)) in self.ledgers
+        }
         if self.secure is not None:
-            return self.secure.round(
-                self.grid, self.nodes, arrays, server_round, min_replies=self.min_replies
+            outcome = self.secure.round(
+                self.grid,
+                self.nodes,
+                arrays,
+                server_round,
+                min_replies=self.min_replies,
+                node_config=node_config,
             )
-        return fedavg_round(
-            self.grid,
-            self.nodes,
-            arrays,
-            server_round,
-            timeout=self.cfg.federation.round_timeout,
-            min_replies=self.min_replies,
-        )
+        else:
+            outcome = fedavg_round(
+                self.grid,
+                self.nodes,
+                arrays,
+                server_round,
+                timeout=self.cfg.federation.round_timeout,
+                min_replies=self.min_replies,
+                node_config=node_config,
+            )
+        for node, record in outcome.metrics.items():
+            if record.ledger_releases:
+                self.ledgers[self._name(node)] = (record.ledger_releases, record.epsilon)
+        return outcome
 
     # ---- the sites -----------------------------------------------------------------------
     def _refresh_nodes(self, wait: bool = False) -> None:
@@ -300,4 +320,5 @@ class Coordinator:
             model={k: v for k, v in flat.items() if k.startswith("model.")},
             zero_shot_test=zero_shot_test,
             run_ids=run_ids,
+            ledgers={name: list(v) for name, v in self.ledgers.items()},
         ).write(out)

@@ -32,6 +32,7 @@ class TrainingRecord:
     users: int  # users on the platform that can be trained on
     examples: int  # users sampled, summed over steps
     seconds: float
+    ledger_releases: int  # releases in the site's privacy ledger after this one (0 without DP)
 
     def to_record(self) -> dict[str, float | int]:
         return dataclasses.asdict(self)

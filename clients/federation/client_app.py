@@ -65,8 +65,16 @@ def train(msg: Message, context: Context) -> Message:
             adapter, config = read_legacy_fit(msg)
         else:
             adapter, config = from_array_record(msg.content["arrays"]), msg.content["config"]
+        expected = None
+        if "ledger-releases" in config:  # what this site reported earlier in the federation
+            expected = (int(config["ledger-releases"]), float(config["ledger-epsilon"]))
         trained = train_site(
-            cfg, site, adapter, server_round=int(config["server-round"]), run_id=str(context.run_id)
+            cfg,
+            site,
+            adapter,
+            server_round=int(config["server-round"]),
+            run_id=str(context.run_id),
+            expected_ledger=expected,
         )
         if secure:
             check_clipping_range(trained.adapter, cfg.federation.secagg_clipping_range)

@@ -18,15 +18,15 @@ from pathlib import Path
 
 from opacus.accountants import create_accountant
 
+from clients.federation.ledger_file import FORMAT, LedgerError, chain_of, genesis, read_ledger
+
+__all__ = ["LedgerError", "PrivacyBudgetExceeded", "PrivacyLedger", "default_delta"]
+
 LEDGER_FILE = "privacy_ledger.json"
 
 
 class PrivacyBudgetExceeded(RuntimeError):
     """Training this round would take the site past its ε budget."""
-
-
-class LedgerError(ValueError):
-    """The ledger file is unreadable or belongs to other data."""
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Release:
     steps: int
     epsilon_after: float
     time: float = field(default_factory=time.time)
+    chain: str = ""  # hash of the previous release's chain and of this release (ledger_file.py)
 
 
 @dataclass
@@ -75,28 +76,35 @@ class PrivacyLedger:
         path = Path(state_dir) / LEDGER_FILE
         ledger = cls(path, platform, num_users, delta, epsilon_budget, accountant)
         if path.is_file():
-            try:
-                saved = json.loads(path.read_text())
-                ledger.releases = [Release(**r) for r in saved["releases"]]
-                ledger.planned_noise = dict(saved.get("planned_noise", {}))
-                saved_delta, saved_acc = float(saved["delta"]), saved.get("accountant", accountant)
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise LedgerError(
-                    f"privacy ledger {path} is unreadable ({err}). It records privacy already "
-                    "spent, so fedxrec will not train without it: restore it from a backup"
-                ) from None
-            if saved.get("platform") != platform:
-                raise LedgerError(
-                    f"privacy ledger {path} belongs to platform '{saved.get('platform')}', not "
-                    f"'{platform}': give each platform its own state folder"
-                )
+            saved = read_ledger(path, platform, num_users)
             # Keep accounting consistent with what was already spent.
-            ledger.delta, ledger.accountant = saved_delta, saved_acc
+            ledger.delta, ledger.accountant = saved["delta"], saved["accountant"]
+            ledger.releases = [Release(**r) for r in saved["releases"]]
+            ledger.planned_noise = saved["planned_noise"]
+            if saved["adopted"]:
+                ledger.save()  # chained from now on
         return ledger
+
+    def check_expected(self, releases: int, epsilon: float) -> None:
+        """Refuse a ledger that shows less than the site reported before: it was lost (deleted)
+        or rolled back, and the budget would be spent again."""
+        if len(self.releases) < releases or self.spent < epsilon * (1 - 1e-6):
+            raise LedgerError(
+                f"privacy ledger {self.path} shows {len(self.releases)} releases and ε = "
+                f"{self.spent:.3f}, but this site reported {releases} releases and ε = "
+                f"{epsilon:.3f} earlier in this federation: the ledger was deleted or rolled back, "
+                "so spending would start again. Restore the ledger from a backup; this site "
+                "will not train until then"
+            )
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        link = genesis(self.platform, self.delta, self.accountant)
+        for release in self.releases:
+            link = release.chain = chain_of(link, asdict(release))
         payload = {
+            "format": FORMAT,
+            "head": link,
             "platform": self.platform,
             "num_users": self.num_users,
             "delta": self.delta,

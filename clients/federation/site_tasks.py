@@ -57,12 +57,14 @@ def train_site(
     *,
     server_round: int,
     run_id: str,
+    expected_ledger: tuple[int, float] | None = None,
 ) -> TrainedRound:
     """One round of DP-SGD on the site's users, spending from its privacy ledger on disk.
 
     A SuperNode may run ClientApps of several runs at once (a resumed federation while the killed
     one's last message is still being served): one training at a time per site, so no two
-    processes read, extend and write the ledger over each other.
+    processes read, extend and write the ledger over each other. ``expected_ledger`` is what
+    the coordinator remembers this site reported (releases, ε): a ledger showing less is refused.
     """
     with _exclusive(site.state_dir / LOCK_FILE):
         print(f"[fedxrec] {site.platform}: training round {server_round}", flush=True)
@@ -73,6 +75,7 @@ def train_site(
             run_id=run_id,
             server_round=server_round,
             rounds_left=cfg.federation.rounds - server_round + 1,
+            expected_ledger=expected_ledger,
         )
         trained = get_adapter_arrays(rec)
         if site.keep_updates:
@@ -126,6 +129,7 @@ def _train(
     cfg: FedxrecConfig,
     site: Site,
     adapter: dict[str, np.ndarray] | Sequence[np.ndarray],
+    expected_ledger: tuple[int, float] | None = None,
     **round_settings: object,
 ) -> tuple[Recommender, PlatformData, TrainingRecord]:
     """The site's model and data, trained in place by DP-SGD paid from its ledger."""
@@ -133,11 +137,14 @@ def _train(
 
     rec = load_model(cfg, adapter)
     data = site.load_data(cfg)
+    ledger = _ledger(cfg, site, data.num_users)
+    if ledger is not None and expected_ledger is not None:
+        ledger.check_expected(*expected_ledger)
     result = train_round(
         rec,
         data,
         cfg,
-        ledger=_ledger(cfg, site, data.num_users),
+        ledger=ledger,
         progress=lambda line: print(f"[fedxrec] {line}", flush=True),
         **round_settings,  # type: ignore[arg-type]
     )

@@ -366,4 +366,5 @@ def train_round(
         users=n,
         examples=examples,
         seconds=time.perf_counter() - start,
+        ledger_releases=len(ledger.releases) if pc.enabled and ledger is not None else 0,
     )

@@ -13,7 +13,7 @@ from server.aggregation import fedavg
 from server.checkpoint import Checkpoint
 from server.server_app import Coordinator
 from shared.adapter import read_adapter
-from shared.records import TrainingRecord
+from shared.records import TrainingRecord, to_array_record
 from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import tiny_federation_config, write_synthetic_site
 
@@ -103,8 +103,33 @@ def test_round_loop_aggregates_saves_checkpoints_and_personalises(federation):
         not np.allclose(final[k], read_adapter(out / "rounds" / "round-000")[k]) for k in final
     )
 
+    # Round 2 tells each site what its ledger showed after round 1 (a lost ledger is caught).
+    trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    second = [m for m in trains if int(m.content["config"]["server-round"]) == 2]
+    for msg in second:
+        name = grid.sites[msg.metadata.dst_node_id].node_config["platform"]
+        reported = metrics["rounds"][1]["platforms"][name]
+        assert msg.content["config"]["ledger-releases"] == reported["ledger_releases"] == 1
+        assert msg.content["config"]["ledger-epsilon"] == pytest.approx(reported["epsilon"])
+    assert Checkpoint.read(out).ledgers.keys() == {"books", "films"}
+
     # The personalisation message carries the final global model; its replies no weights.
     last = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN][-2:]
     assert all(bool(m.content["config"]["personalize"]) for m in last)
     for name in ("books", "films"):
         assert read_adapter(root / "state" / name / "personal").keys() == final.keys()
+
+
+def test_a_site_whose_ledger_was_lost_refuses_the_round(federation):
+    cfg, grid, root = federation
+    server = Context(3, 0, {}, RecordDict(), cfg.to_flat())
+    Coordinator(grid, cfg, server).run()
+    (root / "state" / "books" / "privacy_ledger.json").unlink()  # lost between federations
+    coordinator = Coordinator(grid, cfg, server)
+    coordinator._refresh_nodes(wait=True)
+    coordinator.ledgers = {"books": (3, 7.9), "films": (3, 7.9)}  # what it had reported
+    arrays = to_array_record(read_adapter(root / "out" / "adapter"))
+    outcome = coordinator._train(arrays, 1)
+    refused = {coordinator._name(n): why for n, why in outcome.refused.items()}
+    assert "deleted or rolled back" in refused["books"]  # its budget would start again
+    assert "budget" in refused["films"]  # films still has its ledger: its ε is spent

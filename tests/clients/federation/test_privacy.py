@@ -92,5 +92,72 @@ def test_corrupt_or_foreign_ledger_is_refused(tmp_path):
     with pytest.raises(LedgerError, match="belongs to platform 'books'"):
         _open(tmp_path, platform="movies")
     (tmp_path / "privacy_ledger.json").write_text("{broken")
-    with pytest.raises(LedgerError, match="unreadable"):
+    with pytest.raises(LedgerError, match="not valid JSON.*restore it from a backup"):
         _open(tmp_path)
+
+
+def _spent_ledger(tmp_path):
+    ledger = _open(tmp_path, epsilon_budget=50.0)
+    for r in range(1, 4):
+        ledger.reserve("run", r, 1.0, 0.1, 10)
+    return tmp_path / "privacy_ledger.json"
+
+
+def _edit(path, change):
+    saved = json.loads(path.read_text())
+    change(saved)
+    path.write_text(json.dumps(saved))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["releases"][1].update(noise_multiplier=100.0), "release 2 does not match"),
+        (lambda d: d["releases"].clear(), "head does not match"),
+        (lambda d: d["releases"].pop(1), "release 2 does not match"),
+        (lambda d: d["releases"].reverse(), "release 1 does not match"),
+        (lambda d: d["releases"][0].update(sample_rate=0.0), "impossible sample_rate = 0.0"),
+        (lambda d: d["releases"][0].update(steps=-3), "impossible steps = -3"),
+        (lambda d: d["releases"][0].update(steps="ten"), "impossible steps = 'ten'"),
+        (lambda d: d["releases"][2].update(noise_multiplier=float("nan")), "impossible noise"),
+        (lambda d: d["releases"][0].pop("sample_rate"), "release 1 has no 'sample_rate'"),
+        (lambda d: d.update(delta=0.5), "δ = 0.5 is outside"),
+        (lambda d: d.update(delta="small"), "'delta' is 'small'"),
+        (lambda d: d.update(accountant="gdp"), "unknown accountant 'gdp'"),
+        (lambda d: d.update(releases={"a": 1}), "'releases' is not a list"),
+        (lambda d: d.update(planned_noise={"run": -1}), "'planned_noise' must map"),
+    ],
+)
+def test_an_edited_ledger_is_refused_with_the_file_named(tmp_path, change, message):
+    path = _spent_ledger(tmp_path)
+    _edit(path, change)
+    with pytest.raises(LedgerError, match=message) as err:
+        _open(tmp_path, epsilon_budget=50.0)
+    assert str(path) in str(err.value) and "restore" in str(err.value)
+
+
+def test_non_utf8_ledger_is_refused(tmp_path):
+    (tmp_path / "privacy_ledger.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(LedgerError, match="not UTF-8"):
+        _open(tmp_path)
+
+
+def test_an_older_ledger_without_a_chain_is_checked_and_chained(tmp_path):
+    path = _spent_ledger(tmp_path)
+    _edit(
+        path, lambda d: [d.pop("format"), d.pop("head"), *(r.pop("chain") for r in d["releases"])]
+    )
+    ledger = _open(tmp_path, epsilon_budget=50.0)
+    assert len(ledger.releases) == 3
+    saved = json.loads(path.read_text())
+    assert saved["format"] == "fedxrec-privacy-ledger-2" and saved["head"]
+
+
+def test_a_lost_or_rolled_back_ledger_is_refused(tmp_path):
+    path = _spent_ledger(tmp_path)
+    ledger = _open(tmp_path, epsilon_budget=50.0)
+    ledger.check_expected(3, ledger.spent)  # what the coordinator remembers: fine
+    path.unlink()  # lost
+    fresh = _open(tmp_path, epsilon_budget=50.0)
+    with pytest.raises(LedgerError, match="shows 0 releases.*reported 3 releases"):
+        fresh.check_expected(3, ledger.spent)

@@ -90,10 +90,19 @@ class PrivacyConfig:
     delta: float = 0.0  # 0 = min(1e-5, 1 / (10 · users on the platform))
     max_grad_norm: float = 1.0
     noise_multiplier: float = 0.0  # 0 = the smallest that fits epsilon over the planned rounds
+    # A site refuses to train when the σ that fits its remaining budget is above this: its
+    # updates would be noise (an exhausted budget), and it says how much budget is left.
+    max_noise_multiplier: float = 20.0
     accountant: str = "prv"  # prv | rdp
 
     def validate(self) -> None:
         _check(self.epsilon > 0 or not self.enabled, "privacy.epsilon", "must be > 0")
+        _check(
+            math.isfinite(self.epsilon) or not self.enabled,
+            "privacy.epsilon",
+            "is infinite: for training without DP set privacy.enabled=false (--no-dp)",
+        )
+        _check(self.max_noise_multiplier > 0, "privacy.max_noise_multiplier", "must be > 0")
         _check(0.0 <= self.delta < 1.0, "privacy.delta", "must be in [0, 1)")
         _check(self.max_grad_norm > 0, "privacy.max_grad_norm", "must be > 0")
         _check(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0")

@@ -9,6 +9,7 @@ simulated sites' folders (``platforms/``: their data; ``state/``: their privacy 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -45,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--epsilon",
         type=float,
-        help="per-platform ε budget for the whole federation (privacy.epsilon, default 8)",
+        help="per-platform ε budget for the whole federation (privacy.epsilon, default 8); "
+        "inf = no DP, as --no-dp",
     )
     p.add_argument(
         "--no-dp",
@@ -69,13 +71,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def simulation_config(args: argparse.Namespace) -> FedxrecConfig:
     cfg = FedxrecConfig.load(args.config, args.set)
+    no_dp = args.no_dp or (args.epsilon is not None and math.isinf(args.epsilon))
     flags = {
         "federation.rounds": args.rounds,
-        "privacy.epsilon": args.epsilon,
+        "privacy.epsilon": None if no_dp else args.epsilon,
         "data.max_users": args.max_users,
         "data.platforms": args.platforms,
         "data.dataset": args.data,
-        "privacy.enabled": False if args.no_dp else None,
+        "privacy.enabled": False if no_dp else None,
     }
     return cfg.with_overrides({k: v for k, v in flags.items() if v is not None})
 

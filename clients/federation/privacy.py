@@ -10,6 +10,7 @@ budget.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -133,11 +134,19 @@ class PrivacyLedger:
     def spent(self) -> float:
         return self.epsilon()
 
-    def noise_for_run(self, run_id: str, sample_rate: float, steps_left: int) -> float:
+    def noise_for_run(
+        self,
+        run_id: str,
+        sample_rate: float,
+        steps_left: int,
+        max_noise_multiplier: float = math.inf,
+    ) -> float:
         """σ for this run: the smallest that keeps every step still planned inside the budget.
 
         Chosen once per run (the first round the site trains in it) and reused after, so every
         step of a run has the same σ; steps at another sampling rate are their own releases.
+        Refused when that σ is above ``max_noise_multiplier``: what is left of the budget buys
+        only noise.
         """
         if run_id in self.planned_noise:
             return self.planned_noise[run_id]
@@ -149,6 +158,15 @@ class PrivacyLedger:
             steps=max(steps_left, 1),
             accountant=self.accountant,
         )
+        if sigma > max_noise_multiplier:
+            raise PrivacyBudgetExceeded(
+                f"platform '{self.platform}': {self.epsilon_budget - self.spent:.3f} of its ε "
+                f"budget {self.epsilon_budget:g} is left (spent {self.spent:.3f} at δ="
+                f"{self.delta:.2e}); {steps_left} more steps would need noise σ = {sigma:.1f}, "
+                f"above privacy.max_noise_multiplier = {max_noise_multiplier:g}, so its updates "
+                "would be noise. This site stops training; a new budget is a decision for your "
+                "privacy policy, not for fedxrec"
+            )
         self.planned_noise[run_id] = sigma
         self.save()
         return sigma

@@ -320,7 +320,9 @@ def train_round(
         if ledger is None:
             raise ValueError("DP training needs the site's privacy ledger")
         planned = tc.steps * rounds_left + tc.personalize_steps
-        sigma = pc.noise_multiplier or ledger.noise_for_run(run_id, sample_rate, planned)
+        sigma = pc.noise_multiplier or ledger.noise_for_run(
+            run_id, sample_rate, planned, pc.max_noise_multiplier
+        )
         epsilon = ledger.reserve(run_id, server_round, sigma, sample_rate, steps)
         delta = ledger.delta
     lora_at = lora_schedule(steps, lora_steps)

@@ -74,3 +74,20 @@ def test_flower_app_config_lists_every_key_with_its_default():
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     app_config = pyproject["tool"]["flwr"]["app"]["config"]
     assert app_config == FedxrecConfig().to_flat()
+
+
+def test_infinite_epsilon_with_dp_says_how_to_turn_dp_off():
+    with pytest.raises(ConfigError, match="privacy.epsilon' is infinite.*privacy.enabled=false"):
+        FedxrecConfig.from_flat({"privacy.epsilon": float("inf")})
+    assert not FedxrecConfig.from_flat(
+        {"privacy.epsilon": float("inf"), "privacy.enabled": False}
+    ).privacy.enabled
+
+
+def test_simulate_epsilon_inf_means_no_dp(tmp_path):
+    from simulations.cli import build_parser
+    from simulations.simulate import simulation_config
+
+    args = build_parser().parse_args(["simulate", "--out", str(tmp_path), "--epsilon", "inf"])
+    cfg = simulation_config(args)
+    assert not cfg.privacy.enabled and cfg.privacy.epsilon == 8.0

@@ -161,3 +161,17 @@ def test_a_lost_or_rolled_back_ledger_is_refused(tmp_path):
     fresh = _open(tmp_path, epsilon_budget=50.0)
     with pytest.raises(LedgerError, match="shows 0 releases.*reported 3 releases"):
         fresh.check_expected(3, ledger.spent)
+
+
+def test_an_exhausted_site_is_refused_instead_of_sending_noise(tmp_path):
+    ledger = _open(tmp_path, epsilon_budget=2.0)
+    sigma = ledger.noise_for_run("first", 0.3, 40, max_noise_multiplier=20.0)
+    for r in range(1, 5):
+        ledger.reserve("first", r, sigma, 0.3, 10)
+    left = 2.0 - ledger.spent
+    with pytest.raises(
+        PrivacyBudgetExceeded, match="above privacy.max_noise_multiplier = 20"
+    ) as err:
+        ledger.noise_for_run("second", 0.3, 40, max_noise_multiplier=20.0)
+    assert f"{left:.3f} of its ε budget 2 is left" in str(err.value)
+    assert "second" not in _open(tmp_path, epsilon_budget=2.0).planned_noise

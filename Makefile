@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/fedxrec simulate --out $(DEMO_OUT)
+	$(BIN)/fedxrec simulate --out $(DEMO_OUT) --overwrite
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .

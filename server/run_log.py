@@ -100,6 +100,15 @@ class FederationLog:
             name: _ranking(splits["test"]) for name, (_, splits) in results.items()
         }
 
+    def trained(self) -> bool:
+        """Whether any site trained in any round (a round where every site refused did not)."""
+        return any("loss" in m for e in self.rounds for m in e["platforms"].values())
+
+    def refusals(self) -> str:
+        """Every refusal recorded, one per platform and reason."""
+        said = {f"{n}: {why}" for e in self.rounds for n, why in e.get("refused", {}).items()}
+        return " | ".join(sorted(said))
+
     def epsilon_spent(self, *, personalized: bool = True) -> dict[str, float]:
         """Last ε each platform reported (0 for a platform that never trained): after its
         personalisation, or (``personalized=False``) after the federation's rounds."""

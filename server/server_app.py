@@ -79,6 +79,12 @@ class Coordinator:
             arrays, final_test = self._round(server_round, arrays)
             self._checkpoint(server_round, arrays, zero_shot_test)
             self.log.print_round(server_round)
+        if not self.log.trained():
+            self.log.write(fed.out_dir)
+            raise RuntimeError(
+                "no site trained in any round, so there is no global model (no adapter/ was "
+                f"written); the sites said: {self.log.refusals() or 'nothing (no reply)'}"
+            )
         if final_test is None:  # resumed after the last round: nothing trained, test it now
             final_test = self._evaluate(arrays, ("test",))["test"]
         self.log.record_final(zero_shot_test, final_test)
@@ -296,7 +302,8 @@ class Coordinator:
             base_model=base,
             metadata=meta,
         )
-        save_adapter(adapter, self.cfg.model, f"{out}/adapter", base_model=base, metadata=meta)
+        if self.log.trained():  # adapter/ is always a trained global model, never the initial one
+            save_adapter(adapter, self.cfg.model, f"{out}/adapter", base_model=base, metadata=meta)
 
     def _checkpoint(self, server_round: int, arrays: ArrayRecord, zero_shot_test: dict) -> None:
         """Written last, after the round's adapter and metrics: it names only complete rounds."""

@@ -158,7 +158,8 @@ class FederationConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "ml-100k"  # ml-100k | ml-1m | a folder with interactions + items files
-    platforms: str = "action,comedy,drama"  # platform names (genre groups) to build and use
+    # the platforms to use: genre groups of MovieLens, sub-folders of your own data ("" = all)
+    platforms: str = ""
     max_users: int = 0  # keep at most this many users per platform (0 = all)
     min_user_interactions: int = (
         3  # users with fewer on a platform are dropped (need train+val+test)
@@ -166,7 +167,6 @@ class DataConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        _check(bool(self.platform_list), "data.platforms", "names no platform")
         _check(self.max_users >= 0, "data.max_users", "must be >= 0")
         _check(self.min_user_interactions >= 3, "data.min_user_interactions", "must be >= 3")
 

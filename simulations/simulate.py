@@ -18,8 +18,15 @@ from pathlib import Path
 
 import torch
 
+from server.checkpoint import CHECKPOINT_FILE
 from server.run_log import METRICS_FILE, FederationLog
-from shared.config import ConfigError, FedxrecConfig, add_config_arguments
+from shared.config import (
+    ConfigError,
+    FedxrecConfig,
+    add_config_arguments,
+    parse_overrides,
+    read_toml_config,
+)
 from shared.data import load_platform
 from shared.metrics import ranking_metrics
 from simulations.baselines import BASELINES, baseline_ranks
@@ -39,8 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--out", required=True, type=Path, help="output folder (created; re-used runs start fresh)"
+    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the stopped federation in --out after its last complete round, with its "
+        "settings (flags given here, e.g. --rounds, still apply) and its sites' ledgers",
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out: its adapters, metrics and the simulated sites' data and "
+        "privacy ledgers are deleted (without it, a finished run is never touched)",
     )
     p.add_argument("--rounds", type=int, help="federated rounds (federation.rounds, default 3)")
     p.add_argument(
@@ -59,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--platforms",
-        help="comma-separated genre platforms (data.platforms, default action,comedy,drama)",
+        help="comma-separated platforms: MovieLens genre groups (action, comedy, drama) or "
+        "sub-folders of your --data (data.platforms, default all)",
     )
     p.add_argument("--data", help="ml-100k, ml-1m, or a folder of your own data (data.dataset)")
     add_config_arguments(p, "train.batch_size=64")
@@ -69,8 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def simulation_config(args: argparse.Namespace) -> FedxrecConfig:
-    cfg = FedxrecConfig.load(args.config, args.set)
+def simulation_config(args: argparse.Namespace, base: FedxrecConfig | None = None) -> FedxrecConfig:
+    """``base`` (a resumed run's settings) or the defaults, then --config, --set and the flags."""
+    cfg = base or FedxrecConfig()
+    if args.config:
+        cfg = cfg.with_overrides(read_toml_config(args.config))
+    if args.set:
+        cfg = cfg.with_overrides(parse_overrides(args.set))
     no_dp = args.no_dp or (args.epsilon is not None and math.isinf(args.epsilon))
     flags = {
         "federation.rounds": args.rounds,
@@ -97,6 +121,63 @@ def write_run_config(cfg: FedxrecConfig, path: Path) -> Path:
     return path
 
 
+def refusals(out: Path) -> str:
+    """The sites' refusals the run recorded, for an error message ("" if none)."""
+    try:
+        said = FederationLog.read(out).refusals()
+    except (OSError, ValueError, TypeError):
+        return ""
+    return f"; the sites said: {said}" if said else ""
+
+
+def fresh_platforms(cfg: FedxrecConfig, out: Path, *, overwrite: bool) -> list[str]:
+    """Prepare the simulated sites' data (validated before anything is deleted); a previous run
+    in ``out`` is replaced only with --overwrite, and the user is told what goes."""
+    previous = [name for name in OUTPUTS if (out / name).exists()]
+    if previous and not overwrite:
+        raise ValueError(
+            f"{out} holds a previous run ({', '.join(previous)}): add --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"fedxrec simulate: preparing platforms from {cfg.data.dataset} in {out}/platforms")
+    staging = out / ".platforms.new"
+    names = prepare_platforms(cfg.data, staging)  # raises on bad data; nothing deleted yet
+    if previous:
+        print(
+            f"fedxrec simulate: --overwrite: deleting the previous run in {out} ({', '.join(previous)}"
+            "), including the simulated sites' privacy ledgers"
+        )
+    for name in OUTPUTS:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    staging.rename(out / "platforms")
+    return names
+
+
+def resumed_run(args: argparse.Namespace, out: Path) -> tuple[FedxrecConfig, list[str]]:
+    """The stopped run's own settings (flags given now still apply), platforms and ledgers."""
+    if args.data or args.platforms or args.max_users is not None:
+        raise ValueError(
+            "--resume continues with the stopped run's own platforms: drop --data, --platforms "
+            "and --max-users (or start a new run in another --out)"
+        )
+    saved = out / "run_config.toml"
+    if not saved.is_file() or not (out / CHECKPOINT_FILE).is_file():
+        raise ValueError(
+            f"--resume: {out} holds no stopped federation (no run_config.toml and "
+            f"{CHECKPOINT_FILE}); start one without --resume"
+        )
+    base = FedxrecConfig.from_flat(read_toml_config(saved), ignore_unknown=True)
+    cfg = simulation_config(args, base)
+    names = [n for n in cfg.simulation.platform_names.split(",") if n]
+    missing = [n for n in names if not (out / "platforms" / n).is_dir()]
+    if missing:
+        raise ValueError(f"--resume: {out}/platforms lacks {', '.join(missing)}; cannot resume")
+    print(f"fedxrec simulate: resuming the federation in {out}")
+    return cfg, names
+
+
 def baseline_metrics(
     cfg: FedxrecConfig, root: Path, names: list[str]
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -113,14 +194,12 @@ def baseline_metrics(
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    cfg = simulation_config(args)
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:  # a re-run is a new experiment with fresh simulated sites
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    print(f"fedxrec simulate: preparing platforms from {cfg.data.dataset} in {out}/platforms")
-    names = prepare_platforms(cfg.data, out / "platforms")
+    if args.resume:
+        cfg, names = resumed_run(args, out)
+    else:
+        cfg = simulation_config(args)  # every setting checked before anything is deleted
+        names = fresh_platforms(cfg, out, overwrite=args.overwrite)
     cfg = cfg.with_overrides(
         {
             "simulation.platform_root": str(out / "platforms"),
@@ -128,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             "simulation.platform_names": ",".join(names),
             "federation.out_dir": str(out),
             "federation.platforms": len(names),
+            "federation.resume": bool(args.resume),
         }
     )
     if cfg.federation.min_nodes > len(names):
@@ -165,7 +245,9 @@ def run(args: argparse.Namespace) -> int:
                 log_path=out / "flower.log",
             )
     except FlowerRunError as err:
-        raise FlowerRunError(f"{err}; the details are in {out / 'flower.log'}") from None
+        raise FlowerRunError(
+            f"{err}{refusals(out)}; the details are in {out / 'flower.log'}"
+        ) from None
     log = FederationLog.read(out)
     baselines = baseline_metrics(cfg, out / "platforms", names)
     seconds = time.perf_counter() - started

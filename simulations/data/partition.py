@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
 
 from shared.config import DataConfig
-from shared.data import DataError, Interaction, find_file, load_platform, write_platform
+from shared.data import (
+    DataError,
+    Interaction,
+    find_file,
+    load_platform,
+    read_interactions,
+    read_items,
+    write_platform,
+)
 from shared.text import Item
 from simulations.data.movielens import SOURCES, load_movielens
 
@@ -80,35 +89,55 @@ def _seed(seed: int, name: str) -> int:
     return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:8], 16)
 
 
+PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def prepare_platforms(cfg: DataConfig, root: str | Path) -> list[str]:
     """Write one folder per platform under ``root`` (the simulation's stand-in for each site's
-    disk) and return the platform names, in partition-id order."""
+    disk) and return the platform names, in partition-id order.
+
+    Everything is read and validated before ``root`` is touched, and a problem in your own data
+    names your file, not the copy. ``data.platforms`` picks platforms (MovieLens genre groups, or
+    sub-folders of your data) and ``data.max_users`` keeps at most that many users of each.
+    """
     root = Path(root)
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
     if cfg.dataset in SOURCES:
         items, interactions = load_movielens(cfg.dataset)
         parts = split_by_category(
             items,
             interactions,
-            cfg.platform_list,
+            cfg.platform_list or list(GENRE_GROUPS),
             max_users=cfg.max_users,
             min_user_interactions=cfg.min_user_interactions,
             seed=cfg.seed,
         )
-        for name, (p_items, p_inter) in parts.items():
-            write_platform(root / name, p_items, p_inter)
-        names = list(parts)
     else:
-        names = _copy_user_platforms(Path(cfg.dataset), root)
-    for name in names:  # validate now, so a bad file fails before any process starts
-        load_platform(root / name, name, min_user_interactions=cfg.min_user_interactions)
-    return names
+        parts = _user_platforms(Path(cfg.dataset), cfg)
+    for name in parts:
+        check_platform_name(name)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for name, (p_items, p_inter) in parts.items():
+        write_platform(root / name, p_items, p_inter)
+    return list(parts)
 
 
-def _copy_user_platforms(source: Path, root: Path) -> list[str]:
-    """A user's folder is one platform, or holds one sub-folder per platform."""
+def check_platform_name(name: str) -> None:
+    """A platform's name travels in Flower's run config (a comma-separated list) and names its
+    folders: letters, digits, '.', '_' and '-' only."""
+    if not PLATFORM_NAME.match(name):
+        raise DataError(
+            f"platform name '{name}' (a folder name) cannot be used: use letters, digits, '.', "
+            "'_' and '-' only (no commas, spaces or slashes); rename the folder"
+        )
+
+
+def _user_platforms(
+    source: Path, cfg: DataConfig
+) -> dict[str, tuple[list[Item], list[Interaction]]]:
+    """A user's folder is one platform, or holds one sub-folder per platform; each is validated
+    where it is (errors name the user's own files)."""
     if not source.is_dir():
         raise DataError(
             f"data.dataset '{source}' is neither a known data set ({', '.join(SOURCES)}) nor a folder"
@@ -118,12 +147,29 @@ def _copy_user_platforms(source: Path, root: Path) -> list[str]:
     )
     if not folders:
         find_file(source, "interactions")  # raises the error that explains the format
-    names = []
+    wanted = cfg.platform_list
+    unknown = sorted(set(wanted) - {f.name for f in folders})
+    if unknown:
+        raise DataError(
+            f"--platforms names {', '.join(unknown)}, not platforms of {source} (it has "
+            f"{', '.join(f.name for f in folders)})"
+        )
+    parts = {}
     for folder in folders:
-        name = folder.name
-        shutil.copytree(folder, root / name)
-        names.append(name)
-    return names
+        if wanted and folder.name not in wanted:
+            continue
+        data = load_platform(folder, folder.name, min_user_interactions=cfg.min_user_interactions)
+        keep = set(data.users)
+        if cfg.max_users:
+            order = sorted(data.users)
+            random.Random(_seed(cfg.seed, folder.name)).shuffle(order)
+            keep = set(order[: cfg.max_users])
+        items = read_items(find_file(folder, "items"))
+        interactions = read_interactions(
+            find_file(folder, "interactions"), {i.item_id for i in items}
+        )
+        parts[folder.name] = (items, [it for it in interactions if it.user_id in keep])
+    return parts
 
 
 def _is_platform(folder: Path) -> bool:

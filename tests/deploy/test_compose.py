@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.config import DataConfig
+from simulations.data.partition import GENRE_GROUPS
 
 ROOT = Path(__file__).resolve().parents[2]
-SITES = DataConfig().platform_list  # the demo platforms
+SITES = list(GENRE_GROUPS)  # the demo platforms
 
 
 def _flower_pin() -> str:

@@ -133,3 +133,16 @@ def test_a_site_whose_ledger_was_lost_refuses_the_round(federation):
     refused = {coordinator._name(n): why for n, why in outcome.refused.items()}
     assert "deleted or rolled back" in refused["books"]  # its budget would start again
     assert "budget" in refused["films"]  # films still has its ledger: its ε is spent
+
+
+def test_a_federation_where_no_site_trained_fails_and_writes_no_adapter(federation):
+    cfg, grid, root = federation
+    exhausted = cfg.with_overrides({"privacy.epsilon": 1e-4})  # nothing fits this budget
+    for context in grid.sites.values():
+        context.run_config.update(exhausted.to_flat())
+    server = Context(3, 0, {}, RecordDict(), exhausted.to_flat())
+    with pytest.raises(RuntimeError, match="no site trained.*books: .*films: "):
+        Coordinator(grid, exhausted, server).run()
+    out = root / "out"
+    assert not (out / "adapter").exists()
+    assert json.loads((out / "metrics.json").read_text())["rounds"][1]["refused"]

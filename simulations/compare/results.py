@@ -84,13 +84,15 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _by_epsilon(runs: list[dict[str, Any]]) -> dict[float, list[dict[str, Any]]]:
     out: dict[float, list[dict[str, Any]]] = {}
     for run in runs:
-        if run["method"] in ("federated_dp", "federated_no_dp", "federated_eps"):
+        # the product's final ranking at each ε; ∞ is the federation without DP
+        if run["method"] in ("federated_dp_personalized", "federated_no_dp", "federated_eps"):
             out.setdefault(run["epsilon"], []).append(run)
     return dict(sorted(out.items()))
 
 
 def privacy_utility(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
-    """Federated test NDCG@10 at each ε, with the noise multiplier each platform needed."""
+    """Test NDCG@10 of the product (federated, then personalised) at each ε, with the noise
+    multiplier each platform needed; ∞ is the federation without DP (its global model)."""
     points = []
     for eps, eps_runs in _by_epsilon(runs).items():
         sigma = {

@@ -286,7 +286,11 @@ class Experiment:
             )
             rounds, _ = self._train(rec, initial, others, cfg, [held_out], key)
             tested = self._test(rec, [held_out], method)
-        else:  # federated_dp (+ personalised), federated_dp_head_only, federated_no_dp, _eps
+        elif method == "federated_eps":  # the product's final ranking at another ε
+            self.log(f"{key}: federating {len(everyone)} platforms, ε {eps_text(eps)}")
+            rounds, own = self._train(rec, initial, everyone, cfg, everyone, key)
+            tested = self._test_personal(rec, own, method)
+        else:  # federated_dp (+ personalised), federated_dp_head_only, federated_no_dp
             self.log(f"{key}: federating {len(everyone)} platforms, ε {eps_text(eps)}")
             rounds, personal = self._train(rec, initial, everyone, cfg, everyone, key)
             tested = self._test(rec, everyone, method)
@@ -305,15 +309,22 @@ class Experiment:
         names: list[str],
     ) -> None:
         """The same federation's final ranking at each site: its personal fine-tune."""
+        method = "federated_dp_personalized"
+        tested = self._test_personal(rec, personal, method)
+        self._record_tested(method, seed, eps, start, tested, rounds, names)
+
+    def _test_personal(self, rec: Recommender, personal: dict[str, Arrays], method: str) -> Tested:
+        """Each platform tested with its own personal adapter (the global one where it has
+        none); ``rec`` keeps the global adapter."""
         global_arrays = get_adapter_arrays(rec)
-        method, tested = "federated_dp_personalized", Tested()
+        tested = Tested()
         for data in self.platforms:
-            set_adapter_arrays(rec, personal[data.name])
+            set_adapter_arrays(rec, personal.get(data.name, global_arrays))
             self._vectors = {}
             tested.update(self._test(rec, [data], method))
         set_adapter_arrays(rec, global_arrays)
         self._vectors = {}
-        self._record_tested(method, seed, eps, start, tested, rounds, names)
+        return tested
 
     def _record_tested(
         self,

@@ -23,9 +23,15 @@ from flwr.serverapp import Grid, ServerApp
 from server.aggregation import SecureAggregation, TrainOutcome, fedavg_round
 from server.checkpoint import Checkpoint, CheckpointError
 from server.run_log import METRICS_FILE, FederationLog
-from shared.adapter import adapter_hash, get_adapter_arrays, read_adapter, save_adapter
+from shared.adapter import (
+    adapter_hash,
+    get_adapter_arrays,
+    read_adapter,
+    save_adapter,
+    set_adapter_arrays,
+)
 from shared.config import ConfigError, FedxrecConfig
-from shared.model import build_recommender, resolve_encoder
+from shared.model import Recommender, build_recommender, check_outputs, resolve_encoder
 from shared.process import set_process_defaults
 from shared.records import (
     TrainingRecord,
@@ -63,6 +69,7 @@ class Coordinator:
         self.nodes: list[int] = []
         self.platform_of: dict[int, str] = {}
         self.ledgers: dict[str, tuple[int, float]] = {}  # platform -> (releases, ε) it reported
+        self.probe: Recommender | None = None  # loaded once, to check each new global model
         self.secure: SecureAggregation | None = None
 
     # ---- the federation ------------------------------------------------------------------
@@ -103,7 +110,7 @@ class Coordinator:
             self._by_platform(outcome.refused),
             self._by_platform(outcome.bytes_up),
         )
-        if outcome.arrays is not None:
+        if outcome.arrays is not None and self._sane(outcome.arrays, server_round):
             arrays = outcome.arrays
         else:
             print(
@@ -122,11 +129,27 @@ class Coordinator:
         self.log.write(self.cfg.federation.out_dir)
         return arrays, evaluation.get("test")
 
+    def _sane(self, arrays: ArrayRecord, server_round: int) -> bool:
+        """Whether the new global model scores a probe batch with finite, sane scores; a broken
+        aggregate is not accepted (the previous global model stays)."""
+        if self.probe is None:
+            self.probe = build_recommender(self.cfg.model, seed=self.cfg.federation.seed)
+        try:
+            set_adapter_arrays(self.probe, from_array_record(arrays))
+            check_outputs(self.probe)
+        except ValueError as err:  # AdapterError, ModelOutputError
+            print(
+                f"[fedxrec] round {server_round}: the aggregated model is refused ({err}); the "
+                "global model stays as it was",
+                flush=True,
+            )
+            return False
+        return True
+
     def _start(self) -> tuple[int, ArrayRecord, dict]:
         """Round 0: the initial adapter, evaluated zero-shot on validation and test."""
-        initial = get_adapter_arrays(
-            build_recommender(self.cfg.model, seed=self.cfg.federation.seed)
-        )
+        self.probe = build_recommender(self.cfg.model, seed=self.cfg.federation.seed)
+        initial = get_adapter_arrays(self.probe)
         arrays = to_array_record(initial)
         zero_shot = self._evaluate(arrays, ("validation", "test"))
         self.log.record_evaluation(0, zero_shot["validation"])

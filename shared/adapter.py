@@ -175,8 +175,7 @@ def read_adapter(
         saved = json.loads((directory / CONFIG_FILE).read_text())
     except json.JSONDecodeError as err:
         raise AdapterError(f"{directory / CONFIG_FILE} is not valid JSON: {err}") from None
-    if not isinstance(saved, dict):
-        raise AdapterError(f"{directory / CONFIG_FILE} is not a JSON object: not a peft config")
+    check_lora_config(saved, directory)
     if cfg is not None:
         _check_lora_matches(saved, cfg, directory)
     if not (directory / HEAD_FILE).is_file():
@@ -213,6 +212,34 @@ def read_adapter_metadata(directory: str | Path) -> dict[str, Any]:
         return {}
 
 
+def check_lora_config(saved: Any, directory: Path) -> dict[str, Any]:
+    """The fields of ``adapter_config.json`` fedxrec reads, with their types checked."""
+    path = directory / CONFIG_FILE
+    if not isinstance(saved, dict):
+        raise AdapterError(f"{path} is not a JSON object: not a peft adapter config")
+    problems = []
+    r = saved.get("r", 1)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        problems.append(f"r = {r!r} (a positive integer)")
+    alpha = saved.get("lora_alpha", 1)
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha <= 0:
+        problems.append(f"lora_alpha = {alpha!r} (a positive number)")
+    targets = saved.get("target_modules", [])
+    if not (
+        isinstance(targets, str)
+        or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+    ):
+        problems.append(f"target_modules = {targets!r} (module names)")
+    if not isinstance(saved.get("peft_type", "LORA"), str):
+        problems.append(f"peft_type = {saved.get('peft_type')!r}")
+    if problems:
+        raise AdapterError(
+            f"{path} has fields of the wrong type: {'; '.join(problems)}. Copy the adapter "
+            "folder again from the coordinator's output"
+        )
+    return saved
+
+
 def _check_lora_matches(saved: dict[str, Any], cfg: ModelConfig, directory: Path) -> None:
     if saved.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{directory} holds a {saved.get('peft_type')} adapter, not LoRA")
@@ -222,6 +249,8 @@ def _check_lora_matches(saved: dict[str, Any], cfg: ModelConfig, directory: Path
             f"r={cfg.lora_r}: set model.lora_r={saved.get('r')}"
         )
     targets = saved.get("target_modules")
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
     if targets is not None and sorted(targets) != sorted(cfg.target_module_list):
         raise AdapterError(
             f"{directory} adapts {sorted(targets)}, the model is set to "

@@ -7,6 +7,7 @@ a user is ``user · item / temperature``. Only the LoRA and the head are trained
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +201,42 @@ def build_recommender(
     model = TextEncoder(encoder).to(device)
     head = SequenceHead(int(encoder.config.hidden_size), cfg.history_items).to(device)
     return Recommender(tokenizer=tokenizer, model=model, head=head, config=cfg, device=device)
+
+
+MAX_SCORE = 1e4  # far beyond any trained model's user · item (item vectors have norm 1)
+PROBE_TEXTS = (
+    "Toy Story (1995). Categories: Animation, Children's, Comedy",
+    "The Godfather (1972). Categories: Crime, Drama",
+    "Alien (1979). Categories: Horror, Sci-Fi",
+    "A book about the history of science",
+    "Evening news: weather and sport",
+)
+
+
+class ModelOutputError(ValueError):
+    """A model whose scores are not finite or absurdly large: an adapter that must not be used."""
+
+
+@torch.no_grad()
+def check_outputs(rec: Recommender, item_vectors: torch.Tensor | None = None) -> dict[str, float]:
+    """Score a probe batch (``item_vectors``, or the encoder's vectors of a few fixed texts) with
+    histories over it; refuse NaN, infinite or absurdly large scores. Returns what it saw."""
+    if item_vectors is None:
+        item_vectors = rec.encode_items(list(PROBE_TEXTS))
+    vectors = item_vectors[:64].float()
+    n = vectors.shape[0]
+    if not torch.isfinite(vectors).all():
+        raise ModelOutputError("the adapter's encoder gives NaN or infinite item vectors")
+    histories = [list(range(k)) for k in range(1, min(n, 6) + 1)]
+    scores = rec.user_vectors(histories, vectors) @ vectors.T
+    largest = float(scores.abs().max()) if scores.numel() else 0.0
+    if not torch.isfinite(scores).all() or largest > MAX_SCORE:
+        raise ModelOutputError(
+            f"the adapter's model gives {'non-finite' if not math.isfinite(largest) else 'absurd'} "
+            f"scores (largest |score| {largest:.3g} on a probe batch): its weights are broken, "
+            "so it is refused; use the previous adapter or the coordinator's last good round"
+        )
+    return {"probe_items": float(n), "largest_abs_score": largest}
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

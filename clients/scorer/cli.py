@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -72,6 +73,12 @@ def register(subparsers: Any) -> None:
     )
     serve.add_argument(
         "--max-batch", type=int, default=64, help="most requests ranked in one device call"
+    )
+    serve.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="a file holding the token that /reload and /openapi.json require "
+        "('Authorization: Bearer TOKEN'); or set FEDXREC_ADMIN_TOKEN. Without one they are off",
     )
     serve.set_defaults(run=run_serve)
 
@@ -231,6 +238,15 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_batch < 1:
         raise ValueError(f"--max-batch {args.max_batch}: must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    token = admin_token(args.admin_token_file)
+    if args.host not in LOOPBACK:
+        print(
+            f"fedxrec serve: WARNING: listening on {args.host}, beyond this machine: anyone who "
+            "can reach it can ask for rankings (admin endpoints need the token). Put it behind "
+            "a TLS proxy and a firewall, or use --host 127.0.0.1",
+            file=sys.stderr,
+            flush=True,
+        )
     # Take the port first (fails fast when it is in use) but listen only once the model is ready.
     sock = bind(args.host, args.port)
     scorer = _load(args, progress=True)
@@ -242,7 +258,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ),
         watch_interval_s=args.watch,
     )
-    server = build_server(create_app(service, max_batch=args.max_batch))
+    server = build_server(create_app(service, max_batch=args.max_batch, admin_token=token))
     host, port = sock.getsockname()[:2]
     print(
         f"fedxrec serve: adapter {scorer.model.adapter_hash}, {len(scorer.index)} items, "
@@ -253,6 +269,22 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     server.run(sockets=[sock])
     return 0
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def admin_token(path: Path | None) -> str | None:
+    """The admin token from ``path`` or $FEDXREC_ADMIN_TOKEN (None: admin endpoints off)."""
+    if path is not None:
+        if not path.is_file():
+            raise ValueError(f"--admin-token-file {path}: file not found")
+        token = path.read_text(encoding="utf-8").strip()
+    else:
+        token = os.environ.get("FEDXREC_ADMIN_TOKEN", "").strip()
+    if token and len(token) < 16:
+        raise ValueError("the admin token is shorter than 16 characters: use a long random one")
+    return token or None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,12 @@
 Endpoints:
 - ``POST /rank`` ``{"history": [item ids, oldest first] | "free text", "k": 10, "exclude_seen": true}``
   → ranked items with scores and explanations (see clients/scorer/ranking.py);
-- ``GET /health``; ``GET /model`` (adapter hash, round, encoder, catalogue);
-- ``POST /reload`` (``?wait=true`` to block until done): load the adapter folder and items file
-  again, in the background. ``--watch`` does the same when their files change.
+- ``GET /health`` (the live model and the probe it passed); ``GET /model`` (adapter hash, round,
+  encoder, catalogue, fusion weights);
+- admin, only with the admin token (``Authorization: Bearer TOKEN``; no token configured = off):
+  ``POST /reload`` (``?wait=true`` to block until done) loads the adapter folder, items and
+  interactions again in the background, one reload at a time (another gets 409); ``GET
+  /openapi.json``. ``--watch`` reloads when their files change.
 
 Guarantees:
 - Never a half-loaded model: the server listens only after the first model and index are built; a
@@ -15,8 +18,10 @@ Guarantees:
   reported in /health and /model.
 - Concurrent requests are batched: one worker thread owns the device and takes every request
   queued while it was busy as one batch (one encoder call, one matrix product).
-- Nothing reaches the model unchecked: body size, JSON shape, empty history, unknown item ids and
-  k are checked first and answered with a 4xx whose message names the problem.
+- Nothing reaches the model unchecked: content type, body size, JSON shape and types (``k`` an
+  integer, not "5" or true), empty history, unknown item ids and k are checked first and answered
+  with a 4xx whose message names the problem. A new adapter must pass a probe batch (finite,
+  sane scores) before it is served.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +39,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
 
 from clients.scorer.item_index import UnknownItemError
 from clients.scorer.model import SiteScorer
@@ -53,8 +59,8 @@ class RankBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     history: list[str | int] | str
-    k: int = 10
-    exclude_seen: bool = True
+    k: StrictInt = 10
+    exclude_seen: StrictBool = True
 
 
 class BadRequest(ValueError):
@@ -268,7 +274,9 @@ def create_app(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_body_bytes: int = MAX_BODY_BYTES,
+    admin_token: str | None = None,
 ) -> FastAPI:
+    """The app; ``admin_token`` unlocks /reload and /openapi.json (None: they are off)."""
     batcher = RankBatcher(max_batch)
 
     @contextlib.asynccontextmanager
@@ -281,8 +289,34 @@ def create_app(
             service.stop()
             await batcher.stop()
 
-    app = FastAPI(title="fedxrec site scorer", lifespan=lifespan)
+    app = FastAPI(
+        title="fedxrec site scorer",
+        lifespan=lifespan,
+        docs_url=None,  # no unauthenticated pages: the schema is an admin endpoint below
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    def admin(request: Request) -> JSONResponse | None:
+        """None if the request carries the admin token, else the refusal to send."""
+        if admin_token is None:
+            return JSONResponse(
+                {
+                    "detail": "admin endpoints are off: start fedxrec serve with "
+                    "--admin-token-file FILE (or FEDXREC_ADMIN_TOKEN) and send "
+                    "'Authorization: Bearer TOKEN'"
+                },
+                status_code=403,
+            )
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
+            return JSONResponse(
+                {"detail": "admin endpoint: send 'Authorization: Bearer TOKEN' with the token"},
+                status_code=401,
+            )
+        return None
+
     app.state.service = service
     app.state.batcher = batcher
 
@@ -293,6 +327,20 @@ def create_app(
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, err: BadRequest) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.middleware("http")
+    async def json_only(request: Request, call_next: Any) -> Any:
+        if request.method == "POST" and request.url.path == "/rank":
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return JSONResponse(
+                    {
+                        "detail": f"content-type '{kind or 'none'}' is not JSON: send the body "
+                        "as JSON with 'Content-Type: application/json'"
+                    },
+                    status_code=415,
+                )
+        return await call_next(request)
 
     @app.post("/rank")
     async def rank(body: RankBody) -> JSONResponse:
@@ -317,9 +365,11 @@ def create_app(
         snapshot = service.current
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "ok",  # the live model passed its probe when it was loaded
                 "adapter_hash": snapshot.model.adapter_hash,
+                "model_check": snapshot.model_check,
                 "items": len(snapshot.index),
+                "ranking": "hybrid" if snapshot.local else "text-only",
                 "reloading": service.reloading,
                 "last_reload_error": service.last_reload_error,
             }
@@ -332,8 +382,21 @@ def create_app(
             {**service.describe(), "batches": stats.batches, "largest_batch": stats.largest}
         )
 
+    @app.get("/openapi.json")
+    async def schema(request: Request) -> JSONResponse:
+        refused = admin(request)
+        return refused or JSONResponse(app.openapi())
+
     @app.post("/reload")
-    async def reload(wait: bool = False) -> JSONResponse:
+    async def reload(request: Request, wait: bool = False) -> JSONResponse:
+        refused = admin(request)
+        if refused:
+            return refused
+        if service.reloading:
+            return JSONResponse(
+                {"detail": "a reload is already running: try again when it has finished"},
+                status_code=409,
+            )
         if not wait:
             return JSONResponse({"status": service.request_reload()}, status_code=202)
         try:

@@ -31,6 +31,7 @@ from shared.adapter import (
     CONFIG_FILE,
     AdapterError,
     adapter_hash,
+    check_lora_config,
     read_adapter,
     read_adapter_metadata,
     set_adapter_arrays,
@@ -41,6 +42,7 @@ from shared.model import (
     DEFAULT_ENCODER,
     Recommender,
     build_recommender,
+    check_outputs,
     load_base_encoder,
     load_tokenizer,
     pick_device,
@@ -85,8 +87,8 @@ def model_config_for_adapter(adapter_dir: str | Path, encoder: str = "") -> Mode
             "folder the coordinator wrote (adapter_config.json + adapter_model.safetensors)"
         )
     try:
-        saved = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+        saved = check_lora_config(json.loads(config_path.read_text()), adapter_dir)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterError(f"{config_path} is not valid JSON: {err}") from None
     if saved.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{adapter_dir} holds a {saved.get('peft_type')} adapter, not LoRA")
@@ -191,6 +193,7 @@ class SiteScorer:
     index: ItemIndex
     items_file: Path
     local: LocalSignals | None = None  # None: text-only ranking (the model alone)
+    model_check: dict[str, float] = field(default_factory=dict)  # the probe it passed on load
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
@@ -211,6 +214,7 @@ class SiteScorer:
             "items": len(self.index),
             "catalogue_hash": self.index.catalogue_hash,
             "ranking": "hybrid" if self.local else "text-only",
+            "model_check": self.model_check,
             "fusion": self.local.describe() if self.local else None,
             "loaded_at": self.loaded_at,
         }
@@ -254,6 +258,8 @@ def load_site_scorer(
     index = build_item_index(
         model.rec, items, model_fingerprint=model.fingerprint, cache_dir=cache, progress=progress
     )
+    # A broken adapter (finite but absurd weights) is refused here, before it ranks anything.
+    model_check = check_outputs(model.rec, index.vectors)
     local = None
     if interactions_file is not None:
         local = load_local_signals(
@@ -263,4 +269,6 @@ def load_site_scorer(
             model_fingerprint=model.fingerprint,
             cache_dir=cache,
         )
-    return SiteScorer(model=model, index=index, items_file=items_file, local=local)
+    return SiteScorer(
+        model=model, index=index, items_file=items_file, local=local, model_check=model_check
+    )

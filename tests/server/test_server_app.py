@@ -146,3 +146,16 @@ def test_a_federation_where_no_site_trained_fails_and_writes_no_adapter(federati
     out = root / "out"
     assert not (out / "adapter").exists()
     assert json.loads((out / "metrics.json").read_text())["rounds"][1]["refused"]
+
+
+def test_the_coordinator_refuses_an_aggregate_with_absurd_weights(federation):
+    cfg, grid, root = federation
+    coordinator = Coordinator(grid, cfg, Context(3, 0, {}, RecordDict(), cfg.to_flat()))
+    from shared.adapter import get_adapter_arrays
+    from shared.model import build_recommender
+
+    good = get_adapter_arrays(build_recommender(cfg.model))
+    assert coordinator._sane(to_array_record(good), 1)
+    noise = np.random.default_rng(0).standard_normal(good["head.transform"].shape)
+    broken = dict(good, **{"head.transform": (1e9 * noise).astype(np.float32)})
+    assert not coordinator._sane(to_array_record(broken), 1)

@@ -114,3 +114,25 @@ def test_rank_mismatch_is_named(tmp_path, tiny_rec, tiny_model_config):
 def test_adapter_is_small(tiny_rec):
     arrays = get_adapter_arrays(tiny_rec)
     assert 0 < adapter_nbytes(arrays) == sum(a.size * 4 for a in arrays.values())
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("[1, 2]", "not a JSON object"),
+        ('{"r": "eight", "peft_type": "LORA"}', "r = 'eight'"),
+        ('{"r": 8, "target_modules": 3}', "target_modules = 3"),
+        ('{"r": 8, "lora_alpha": -1}', "lora_alpha = -1"),
+    ],
+)
+def test_a_malformed_adapter_config_is_a_clear_error(
+    tmp_path, tiny_rec, tiny_model_config, config, message
+):
+    from clients.scorer.model import model_config_for_adapter
+
+    folder = save_adapter(get_adapter_arrays(tiny_rec), tiny_model_config, tmp_path / "a")
+    (folder / "adapter_config.json").write_text(config)
+    with pytest.raises(AdapterError, match=message):
+        read_adapter(folder, tiny_model_config)
+    with pytest.raises(AdapterError, match=message):
+        model_config_for_adapter(folder)

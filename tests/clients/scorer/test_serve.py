@@ -16,6 +16,8 @@ from tests.clients.scorer.support import save_tiny_adapter, save_tiny_encoder
 
 TOL = 1e-4
 HISTORY = ["m4", "m1", "m2"]
+TOKEN = "an-admin-token-for-the-tests"
+ADMIN = {"authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def site(tiny_vocab, platform_dir, encoder_dir):
 @contextlib.contextmanager
 def running_server(service, **app_options):
     """uvicorn in a thread on a free loopback port; stopped through its handle."""
+    app_options.setdefault("admin_token", TOKEN)
     server = build_server(create_app(service, **app_options))
     sock = bind("127.0.0.1", 0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -130,16 +133,20 @@ def test_bad_requests_get_a_4xx_naming_the_problem(site):
             "/rank", content=b'{"history": [', headers={"content-type": "application/json"}
         )
         assert reply.status_code == 422 and "JSON" in reply.json()["detail"]
+        json_type = {"content-type": "application/json"}
         oversized = b'{"history": "' + b"a" * MAX_BODY_BYTES + b'"}'
-        reply = client.post("/rank", content=oversized)
+        reply = client.post("/rank", content=oversized, headers=json_type)
         assert reply.status_code == 413 and "too large" in reply.json()["detail"]
 
         def chunks():  # no Content-Length: counted while it streams in
             for _ in range(20):
                 yield b"a" * 8192
 
-        reply = client.post("/rank", content=chunks())
+        reply = client.post("/rank", content=chunks(), headers=json_type)
         assert reply.status_code == 413
+        reply = client.post("/rank", content=b"history=m1", headers={"content-type": "text/plain"})
+        assert reply.status_code == 415
+        assert "send the body as JSON with 'Content-Type: application/json'" in reply.text
         # none of them reached the model
         assert client.get("/model").json()["batches"] == 0
         assert client.get("/health").status_code == 200
@@ -203,7 +210,7 @@ def test_reload_under_load_never_fails_or_mixes_adapters(site, tiny_vocab, tmp_p
             w.start()
         time.sleep(0.3)
         save_tiny_adapter(tiny_vocab, adapter_dir, seed=2, round_=2)  # the coordinator's write
-        assert client.post("/reload").json()["status"] in ("started", "queued")
+        assert client.post("/reload", headers=ADMIN).json()["status"] in ("started", "queued")
         deadline = time.monotonic() + 30
         while client.get("/model").json()["adapter_hash"] != new.model.adapter_hash:
             assert time.monotonic() < deadline, "the new adapter was never swapped in"
@@ -213,7 +220,7 @@ def test_reload_under_load_never_fails_or_mixes_adapters(site, tiny_vocab, tmp_p
         for w in workers:
             w.join()
         model = client.get("/model").json()
-        waited = client.post("/reload", params={"wait": "true"})
+        waited = client.post("/reload", params={"wait": "true"}, headers=ADMIN)
     assert model["round"] == 2 and model["generation"] == 2 and model["last_reload_error"] is None
     assert waited.status_code == 200 and waited.json()["adapter_hash"] == new.model.adapter_hash
     assert all(r.status_code == 200 for r in replies)
@@ -229,7 +236,7 @@ def test_failed_reload_keeps_serving_the_old_adapter(site):
     scorer = load()
     with running_server(ScorerService(load, scorer)) as client:
         (adapter_dir / "adapter_model.safetensors").write_bytes(b"half a file")
-        reply = client.post("/reload", params={"wait": "true"})
+        reply = client.post("/reload", params={"wait": "true"}, headers=ADMIN)
         assert reply.status_code == 409
         assert "corrupt" in reply.json()["detail"]
         assert f"still serving adapter {scorer.model.adapter_hash}" in reply.json()["detail"]
@@ -257,3 +264,60 @@ def test_watched_adapter_folder_is_reloaded(site, tiny_vocab, platform_dir):
             assert time.monotonic() < deadline, "the watcher never reloaded"
             time.sleep(0.05)
         assert client.get("/model").json()["adapter_hash"] != scorer.model.adapter_hash
+
+
+def test_admin_endpoints_need_the_token_and_one_reload_runs_at_a_time(site):
+    _, load = site
+    with running_server(ScorerService(load, load()), admin_token=None) as client:
+        reply = client.post("/reload")
+        assert reply.status_code == 403 and "--admin-token-file" in reply.json()["detail"]
+        assert client.get("/openapi.json").status_code == 403
+        assert client.get("/docs").status_code == 404
+    slow = threading.Event()
+
+    def slow_load():
+        slow.wait(10)
+        return load()
+
+    service = ScorerService(slow_load, load())
+    with running_server(service) as client:
+        assert client.post("/reload", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/openapi.json", headers=ADMIN).json()["info"]["title"]
+        assert client.post("/reload", headers=ADMIN).status_code == 202
+        deadline = time.monotonic() + 10
+        while not service.reloading:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        second = client.post("/reload", headers=ADMIN)
+        assert second.status_code == 409 and "already running" in second.json()["detail"]
+        slow.set()
+
+
+def test_k_and_flags_are_strictly_typed(site):
+    _, load = site
+    with running_server(ScorerService(load, load())) as client:
+        for body in ({"history": HISTORY, "k": "5"}, {"history": HISTORY, "k": True},
+                     {"history": HISTORY, "exclude_seen": "no"}):  # fmt: skip
+            reply = client.post("/rank", json=body)
+            assert reply.status_code == 422, body
+
+
+def test_an_adapter_with_absurd_weights_is_refused_on_load_and_on_reload(site, tiny_vocab):
+    from shared.adapter import read_adapter, save_adapter
+    from shared.model import ModelOutputError
+    from tests.clients.scorer.support import tiny_config
+
+    adapter_dir, load = site
+    good = load()
+    arrays = read_adapter(adapter_dir)
+    arrays["head.transform"] = arrays["head.transform"] * 1e12  # finite, absurd (random: a
+    # constant matrix would vanish, item vectors of a LayerNorm encoder sum to 0)
+    with running_server(ScorerService(load, good)) as client:
+        save_adapter(arrays, tiny_config(), adapter_dir)
+        with pytest.raises(ModelOutputError, match="absurd scores"):
+            load()
+        reply = client.post("/reload", params={"wait": "true"}, headers=ADMIN)
+        assert reply.status_code == 409 and "absurd scores" in reply.json()["detail"]
+        health = client.get("/health").json()
+        assert health["adapter_hash"] == good.model.adapter_hash and health["model_check"]
+        assert client.post("/rank", json={"history": HISTORY, "k": 3}).status_code == 200

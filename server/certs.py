@@ -1,4 +1,5 @@
-"""`fedxrec certs init`: the keys and certificates a multi-organisation deployment needs.
+"""`fedxrec certs init` / `fedxrec certs add-site`: the keys and certificates a multi-organisation
+deployment needs.
 
     OUT/ca/ca.crt, ca.key             the federation's certificate authority (keep ca.key offline)
     OUT/superlink/ca.crt, server.pem, server.key
@@ -15,7 +16,9 @@
                                       localhost, 127.0.0.1)
 
 Each folder is what one party receives. Private keys are written 0600 and never overwritten
-unless --force is given. A site may instead make its own key pair
+unless --force is given. Everything is made in memory and written to a staging folder first, then
+moved into place: a failure leaves nothing half-written. `add-site NAME` signs a new site's files
+with the existing CA, so the sites already deployed keep working. A site may instead make its own key pair
 (`ssh-keygen -t ecdsa -b 384 -N "" -f node.key` writes the same OpenSSH format) and send
 only node.pub to the coordinator.
 """
@@ -23,11 +26,14 @@ only node.pub to the coordinator.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +45,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 LOOPBACK = ("127.0.0.1", "localhost")
 VALID_DAYS = 825  # the longest validity common TLS clients accept for a server certificate
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 
 
 class CertsError(ValueError):
@@ -78,6 +87,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     init.add_argument("--force", action="store_true", help="replace existing keys and certificates")
     init.set_defaults(run=run)
+    add = actions.add_parser(
+        "add-site",
+        help="create one more site's node key pair and files, signed by the existing CA",
+        description="Add a site to a deployment made by `fedxrec certs init`: its node key pair, "
+        "the CA certificate and its runtime TLS certificate, signed with OUT/ca/ca.key. The "
+        "other sites and the SuperLink keep their files.",
+    )
+    add.add_argument("name", help="the new site's name")
+    add.add_argument("--out", required=True, type=Path, help="the folder `certs init` wrote")
+    add.add_argument("--force", action="store_true", help="replace that site's existing files")
+    add.set_defaults(run=run_add_site)
+
+
+def run_add_site(args: argparse.Namespace) -> int:
+    written = add_site(args.out, args.name, force=args.force)
+    print(f"fedxrec certs: wrote {len(written)} files for site {args.name}")
+    print(
+        f"  site {args.name}: {args.out / 'sites' / args.name} (register node.pub on the SuperLink)"
+    )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,39 +126,130 @@ def init_certs(out: Path, hosts: list[str], sites: list[str], *, force: bool = F
     out = Path(out)
     if not hosts:
         raise CertsError("name at least one --superlink-host")
-    for site in sites:
-        if not SITE_NAME.match(site):
-            raise CertsError(f"site name '{site}' may use letters, digits, '.', '_' and '-' only")
-    if len(set(sites)) != len(sites):
-        raise CertsError("site names must be unique")
+    hosts = [check_host(h) for h in hosts]
+    _check_sites(sites)
     planned = [out / "ca" / "ca.key", out / "superlink" / "server.key"]
     planned += [out / "sites" / s / name for s in sites for name in ("node.key", "runtime.key")]
     existing = [p for p in planned if p.exists()]
     if existing and not force:
         raise CertsError(
             f"{existing[0]} already exists: fedxrec never overwrites a private key. Pass --force "
-            "to replace them (every site then needs its new files, and old keys stop working)"
+            "to replace them (every site then needs its new files, and old keys stop working), "
+            "or `fedxrec certs add-site NAME` to add a site with the existing CA"
         )
+    with _staged(out) as stage:
+        ca = _make_ca()
+        _write_pair(stage / "ca" / "ca.crt", ca.cert, stage / "ca" / "ca.key", ca.key)
+        sans = list(dict.fromkeys([*hosts, *LOOPBACK]))
+        server = _server_cert(ca, sans, common_name=hosts[0])
+        _write_pair(
+            stage / "superlink" / "server.pem",
+            server.cert,
+            stage / "superlink" / "server.key",
+            server.key,
+        )
+        _copy(stage / "ca" / "ca.crt", stage / "superlink" / "ca.crt")
+        for site in sites:
+            _write_site(stage / "sites" / site, site, ca)
+        return _move_into(stage, out)
 
-    written: list[Path] = []
-    ca = _make_ca()
-    written += _write_pair(out / "ca" / "ca.crt", ca.cert, out / "ca" / "ca.key", ca.key)
-    sans = list(dict.fromkeys([*hosts, *LOOPBACK]))
-    server = _server_cert(ca, sans, common_name=hosts[0])
-    written += _write_pair(
-        out / "superlink" / "server.pem", server.cert, out / "superlink" / "server.key", server.key
-    )
-    written.append(_copy(out / "ca" / "ca.crt", out / "superlink" / "ca.crt"))
-    for site in sites:
-        folder = out / "sites" / site
-        written.append(_copy(out / "ca" / "ca.crt", folder / "ca.crt"))
-        written += _write_node_keys(folder)
-        runtime_sans = [f"supernode-{site}", site, *LOOPBACK]
-        runtime = _server_cert(ca, runtime_sans, common_name=f"supernode-{site}")
-        written += _write_pair(
-            folder / "runtime.pem", runtime.cert, folder / "runtime.key", runtime.key
+
+def add_site(out: Path, name: str, *, force: bool = False) -> list[Path]:
+    """One more site's files, signed by the CA under ``out``; the others are not touched."""
+    out = Path(out)
+    _check_sites([name])
+    ca = _read_ca(out)
+    folder = out / "sites" / name
+    if folder.exists() and not force:
+        raise CertsError(
+            f"{folder} already exists: site {name} has its keys. Pass --force to replace them "
+            "(its old node key then stops working: register the new node.pub)"
         )
-    return written
+    with _staged(out) as stage:
+        _write_site(stage / "sites" / name, name, ca)
+        return _move_into(stage, out)
+
+
+def check_host(host: str) -> str:
+    """A --superlink-host as a certificate names it: a DNS name (IDNA for non-ASCII) or an IP."""
+    if "://" in host:
+        raise CertsError(
+            f"--superlink-host {host}: give the host only, without a scheme (e.g. "
+            f"{host.split('://', 1)[1].split('/')[0]})"
+        )
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        pass
+    if "/" in host or (":" in host and host.count(":") == 1):
+        raise CertsError(
+            f"--superlink-host {host}: give the host only, without a port or path (the port is "
+            "flower-superlink's, e.g. --superlink-host coordinator.example.org)"
+        )
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError as err:
+        raise CertsError(f"--superlink-host {host}: not a valid host name ({err})") from None
+    if not HOST_NAME.match(ascii_host):
+        raise CertsError(
+            f"--superlink-host {host}: not a valid DNS name (letters, digits, '-' and '.' only)"
+        )
+    return ascii_host.lower()
+
+
+def _check_sites(sites: list[str]) -> None:
+    for site in sites:
+        if not SITE_NAME.match(site):
+            raise CertsError(f"site name '{site}' may use letters, digits, '.', '_' and '-' only")
+    if len(set(sites)) != len(sites):
+        raise CertsError("site names must be unique")
+
+
+def _read_ca(out: Path) -> Authority:
+    cert_path, key_path = out / "ca" / "ca.crt", out / "ca" / "ca.key"
+    if not cert_path.is_file() or not key_path.is_file():
+        raise CertsError(
+            f"{out} has no CA ({cert_path}, {key_path}): run `fedxrec certs init` first, or point "
+            "--out at the folder it wrote (where ca.key is kept)"
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError) as err:
+        raise CertsError(f"the CA under {out / 'ca'} is unreadable ({err})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or cert.public_key() != key.public_key():
+        raise CertsError(f"{key_path} is not the key of {cert_path}")
+    return Authority(cert, key)
+
+
+def _write_site(folder: Path, site: str, ca: Authority) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_public(folder / "ca.crt", ca.cert.public_bytes(serialization.Encoding.PEM))
+    _write_node_keys(folder)
+    runtime = _server_cert(ca, [f"supernode-{site}", site, *LOOPBACK], f"supernode-{site}")
+    _write_pair(folder / "runtime.pem", runtime.cert, folder / "runtime.key", runtime.key)
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A staging folder beside ``out``'s files, removed whatever happens."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".certs-staging-", dir=out))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _move_into(stage: Path, out: Path) -> list[Path]:
+    """Every staged file to its place under ``out`` (each an atomic rename on one disk)."""
+    moved = []
+    for staged in sorted(p for p in stage.rglob("*") if p.is_file()):
+        target = out / staged.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, target)
+        moved.append(target)
+    return moved
 
 
 # ---- certificates ------------------------------------------------------------------------------

@@ -111,3 +111,72 @@ def test_force_replaces_them(tmp_path):
 def test_bad_requests_say_why(tmp_path, hosts, sites, message):
     with pytest.raises(CertsError, match=message):
         init_certs(tmp_path, hosts, sites)
+
+
+def test_add_site_signs_with_the_existing_ca_and_touches_no_other_site(tmp_path):
+    from server.certs import add_site
+
+    init_certs(tmp_path, ["coordinator.example.org"], ["a"])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    written = add_site(tmp_path, "b")
+    assert {p.name for p in written} == {
+        "ca.crt",
+        "node.key",
+        "node.pub",
+        "runtime.pem",
+        "runtime.key",
+    }
+    assert all(p.read_bytes() == data for p, data in before.items())  # nothing else changed
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.crt").read_bytes())
+    runtime = x509.load_pem_x509_certificate(
+        (tmp_path / "sites" / "b" / "runtime.pem").read_bytes()
+    )
+    runtime.verify_directly_issued_by(ca)
+    assert oct((tmp_path / "sites" / "b" / "node.key").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(CertsError, match="already exists.*--force"):
+        add_site(tmp_path, "b")
+    with pytest.raises(CertsError, match="has no CA"):
+        add_site(tmp_path / "elsewhere", "c")
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("https://coordinator.example.org", "without a scheme"),
+        ("coordinator.example.org:9093", "without a port"),
+        ("bad_host!.org", "not a valid DNS name"),
+    ],
+)
+def test_superlink_hosts_are_checked_and_named_by_flag(tmp_path, host, message):
+    with pytest.raises(CertsError, match=f"--superlink-host .*{message}"):
+        init_certs(tmp_path, [host], [])
+    assert not any(tmp_path.iterdir())
+
+
+def test_non_ascii_hosts_become_idna_and_ips_become_ip_sans(tmp_path):
+    from server.certs import check_host
+
+    assert check_host("bücher.example") == "xn--bcher-kva.example"
+    init_certs(tmp_path, ["bücher.example", "10.0.0.7", "[::1]"], [])
+    cert = x509.load_pem_x509_certificate((tmp_path / "superlink" / "server.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "xn--bcher-kva.example" in san.get_values_for_type(x509.DNSName)
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} >= {"10.0.0.7", "::1"}
+
+
+def test_a_failure_leaves_nothing_half_written(tmp_path, monkeypatch):
+    from server import certs
+
+    calls = []
+    real = certs._server_cert
+
+    def fail_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(certs, "_server_cert", fail_on_the_second)
+    with pytest.raises(RuntimeError, match="disk full"):
+        init_certs(tmp_path, ["coordinator.example.org"], ["a", "b"])
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

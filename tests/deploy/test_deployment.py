@@ -1,11 +1,13 @@
 """The Deployment Engine end to end: SuperLinks and SuperNodes on 127.0.0.1, TLS and node auth on.
 
-Four federations on four SuperLinks that run side by side (a deployment round is mostly waiting:
+Five federations on five SuperLinks that run side by side (a deployment round is mostly waiting:
 Flower polls every 3 s and starts a process per message, so the scenarios share two cores well):
 - "plain": 2 rounds of plain FedAvg, while a SuperNode with an unregistered key is refused;
 - "resume": the coordinator is killed after round 1 and resumed (a site restarts meanwhile);
 - "secagg": 2 rounds under SecAgg+, sites keeping a copy of what they sent (on their own disk);
-- "dropout": 3 sites with a minimum of 2; one is killed (SIGKILL) in the middle of round 1.
+- "dropout": 3 sites with a minimum of 2; one is killed (SIGKILL) in the middle of round 1;
+- "secagg-dropout": the same under SecAgg+ (3 shares, threshold 2): the killed site's masks are
+  reconstructed from the others' shares and the aggregate is the survivors' FedAvg.
 Every process is stopped by PID at the end; the last test asserts that none is left.
 """
 
@@ -192,11 +194,45 @@ def dropout_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]
     }
 
 
+def secagg_dropout_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
+    link = _link(kit, "secagg-dropout", links)
+    sites = {}
+    for site in ("action", "comedy", "drama"):
+        link.register_supernode(kit.site_pub(site))
+        sites[site] = _site(kit, link, site, "secagg-dropout", keep_updates=True)
+    cfg, rc = kit.run_config(
+        "secagg-dropout",
+        {
+            "federation.secure_aggregation": True,
+            "federation.secagg_shares": 3,
+            "federation.secagg_threshold": 2,
+            "federation.platforms": 3,
+            "federation.min_nodes": 2,
+            "federation.rounds": 1,
+            "federation.round_timeout": DROPOUT_TIMEOUT,
+        },
+    )
+    started = time.perf_counter()
+    run_id = link.start_run(APP_DIR, run_config=rc)
+    # drama has shared its key shares and is training (SecAgg+'s masked-vector stage): kill it
+    sites["drama"].wait_for_log("drama: training round 1", timeout=600)
+    sites["drama"].kill()
+    status = link.wait_for_run(run_id, timeout=900)
+    return {
+        "cfg": cfg,
+        "status": status,
+        "seconds": time.perf_counter() - started,
+        "out": Path(cfg.federation.out_dir),
+        "updates": kit.root / "secagg-dropout" / "state",
+    }
+
+
 CHAINS: dict[str, Callable[[DeployKit, list[LocalSuperLink]], dict[str, Any]]] = {
     "plain": plain_chain,
     "resume": resume_chain,
     "secagg": secagg_chain,
     "dropout": dropout_chain,
+    "secagg-dropout": secagg_dropout_chain,
 }
 
 
@@ -260,29 +296,45 @@ def test_a_supernode_with_an_unregistered_key_is_refused(deployment):
 # ---- secure aggregation ------------------------------------------------------------------------
 
 
+def _assert_secure_fedavg(run: dict[str, Any], server_round: int, sites: list[str]) -> None:
+    """The round's global adapter is the users-weighted FedAvg of what ``sites`` sent, within
+    SecAgg+'s quantisation tolerance, and far from each site's own."""
+    fed = run["cfg"].federation
+    checkpoint = Checkpoint.read(run["out"])
+    updates = []
+    for site in sites:
+        (run_dir,) = (run["updates"] / site / "updates").iterdir()
+        folder = run_dir / f"round-{server_round:03d}"
+        updates.append((read_adapter_metadata(folder)["users"], read_adapter(folder)))
+    users = sum(w for w, _ in updates)
+    expected = {
+        k: sum(w * a[k].astype(np.float64) for w, a in updates) / users for k in updates[0][1]
+    }
+    got = read_adapter(run["out"] / "rounds" / f"round-{server_round:03d}")
+    error = max(float(np.abs(got[k] - expected[k]).max()) for k in got)
+    max_weight = checkpoint.strategy["secagg"]["max_weight"]
+    tolerance = secagg_tolerance(fed, len(updates), max_weight, users) + 1e-7  # + float32
+    assert 0 < error <= tolerance, (server_round, error, tolerance)
+    for _, update in updates:
+        assert max(float(np.abs(got[k] - update[k]).max()) for k in got) > 100 * tolerance
+
+
 def test_secure_aggregate_equals_fedavg_of_the_sites_updates(deployment):
     run = _get(deployment, "secagg")
-    fed = run["cfg"].federation
     checkpoint = Checkpoint.read(run["out"])
     assert checkpoint.round == 2 and checkpoint.strategy["name"] == "secagg+fedavg"
     for server_round in (1, 2):
-        updates = []
-        for site in ("action", "comedy"):
-            (run_dir,) = (run["updates"] / site / "updates").iterdir()
-            folder = run_dir / f"round-{server_round:03d}"
-            updates.append((read_adapter_metadata(folder)["users"], read_adapter(folder)))
-        users = sum(w for w, _ in updates)
-        expected = {
-            k: sum(w * a[k].astype(np.float64) for w, a in updates) / users for k in updates[0][1]
-        }
-        got = read_adapter(run["out"] / "rounds" / f"round-{server_round:03d}")
-        error = max(float(np.abs(got[k] - expected[k]).max()) for k in got)
-        max_weight = checkpoint.strategy["secagg"]["max_weight"]
-        tolerance = secagg_tolerance(fed, len(updates), max_weight, users) + 1e-7  # + float32
-        assert 0 < error <= tolerance, (server_round, error, tolerance)
-        # the sites' own adapters differ from the aggregate by far more than that
-        for _, update in updates:
-            assert max(float(np.abs(got[k] - update[k]).max()) for k in got) > 100 * tolerance
+        _assert_secure_fedavg(run, server_round, ["action", "comedy"])
+
+
+def test_a_site_dropping_out_of_secure_aggregation_leaves_the_survivors_fedavg(deployment):
+    run = _get(deployment, "secagg-dropout")
+    assert run["status"] == "finished:completed"
+    log = FederationLog.read(run["out"])
+    assert set(log.rounds[1]["platforms"]) >= {"action", "comedy"}
+    assert "loss" not in log.rounds[1]["platforms"].get("drama", {})
+    assert Checkpoint.read(run["out"]).round == 1
+    _assert_secure_fedavg(run, 1, ["action", "comedy"])
 
 
 def test_secure_aggregation_never_writes_or_logs_a_site_adapter(deployment):
@@ -326,7 +378,9 @@ def test_killed_coordinator_resumes_without_losing_or_repeating_a_round(deployme
     spent = [r["epsilon_after"] for r in releases]
     assert {r["run_id"] for r in releases} == set(checkpoint.run_ids)  # killed run, resumed run
     assert spent == sorted(spent) and len(set(spent)) == len(spent)
-    assert log.rounds[2]["platforms"]["comedy"]["epsilon"] == spent[-1]
+    round2 = [r["epsilon_after"] for r in releases if r["server_round"] == 2]
+    assert log.rounds[2]["platforms"]["comedy"]["epsilon"] == round2[-1]
+    assert log.personalization["comedy"]["epsilon"] == spent[-1]  # then its personalisation
 
 
 def test_a_site_killed_mid_round_does_not_stop_the_round(deployment):

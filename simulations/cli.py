@@ -12,6 +12,7 @@ from shared.cli import run_command
 SUBCOMMAND_MODULES = (
     "simulations.simulate",
     "simulations.compare",
+    "simulations.audit",
     "server.certs",
     "clients.scorer.cli",
 )

@@ -29,6 +29,7 @@ def _train(loss, eps):
         users=10,
         examples=9,
         seconds=1.0,
+        ledger_releases=3,
     )
 
 

@@ -48,6 +48,7 @@ from simulations.compare.plan import (
     OUTPUTS,
     QUICK_EPSILONS,
     QUICK_OVERRIDES,
+    TRAINED_METHODS,
     command_line,
     compare_plan,
     resolve_unseen,
@@ -88,6 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a subset that checks everything runs in minutes: "
         + ", ".join(f"{k}={v}" for k, v in QUICK_OVERRIDES.items())
         + ", 1 seed, ε 8 and inf (--set still overrides)",
+    )
+    p.add_argument(
+        "--methods",
+        help="the training methods to run, comma-separated (default: all of "
+        + ", ".join(TRAINED_METHODS)
+        + "); the baselines and the zero-shot encoder always run",
     )
     p.add_argument(
         "--unseen",

@@ -93,6 +93,16 @@ for _method in HYBRID_METHODS:
         f"{_spec.trained_on}; site's own counts",
         f"model: {_spec.privacy}; counts: the site's own",
     )
+# The methods that train (one run per seed each; baselines and the zero-shot encoder always run).
+TRAINED_METHODS = (
+    "federated_dp",
+    "local_only",
+    "federated_dp_head_only",
+    "federated_no_dp",
+    "centralized",
+    "federated_unseen",
+    "federated_eps",
+)
 CURVE_METHODS = ("federated_dp", "federated_no_dp", "local_only", "centralized", "federated_unseen")
 
 
@@ -103,6 +113,7 @@ class ComparePlan:
     epsilons: list[float]  # the privacy–utility sweep; inf = no DP
     unseen: str | None  # platform left out of the "unseen platform" federation (None: no such run)
     quick: bool = False
+    methods: tuple[str, ...] = TRAINED_METHODS  # the training methods run (--methods)
 
     @property
     def curve_users(self) -> int:
@@ -160,6 +171,20 @@ def parse_epsilons(text: str) -> list[float]:
     return sorted(set(values))
 
 
+def parse_methods(text: str | None) -> tuple[str, ...]:
+    """--methods: a comma-separated subset of TRAINED_METHODS (None: all of them)."""
+    if text is None:
+        return TRAINED_METHODS
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in TRAINED_METHODS]
+    if unknown or not names:
+        raise ValueError(
+            f"--methods: {', '.join(unknown) or 'nothing named'}; choose from "
+            f"{', '.join(TRAINED_METHODS)} (baselines and the zero-shot encoder always run)"
+        )
+    return tuple(n for n in TRAINED_METHODS if n in names)
+
+
 def eps_text(eps: float) -> str:
     return f"{eps:g}" if math.isfinite(eps) else "∞"
 
@@ -197,6 +222,7 @@ def compare_plan(args: argparse.Namespace) -> ComparePlan:
         ),
         unseen=args.unseen,  # resolved against the loaded platforms by resolve_unseen
         quick=args.quick,
+        methods=parse_methods(getattr(args, "methods", None)),
     )
 
 
@@ -205,8 +231,8 @@ def command_line(args: argparse.Namespace) -> str:
     if Path(sys.argv[0]).name == "fedxrec" and len(sys.argv) > 1:
         return "fedxrec " + " ".join(sys.argv[1:])
     parts = ["fedxrec compare", f"--out {args.out}"]
-    for flag in ("data", "seeds", "epsilons", "unseen", "config"):
-        value = getattr(args, flag)
+    for flag in ("data", "seeds", "epsilons", "methods", "unseen", "config"):
+        value = getattr(args, flag, None)
         if value is not None:
             parts.append(f"--{flag.replace('_', '-')} {value}")
     parts += ["--quick"] if args.quick else []

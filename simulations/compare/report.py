@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.metrics import METRIC_NAMES
-from simulations.compare.plan import METHODS, eps_text
+from simulations.compare.plan import METHODS, TRAINED_METHODS, eps_text
 from simulations.compare.targets import stat
 from simulations.report import format_table
 
@@ -273,6 +273,14 @@ def observations(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Seed-to-seed spread of federated DP NDCG@10 per platform: up to "
             f"{max(fed_std):.4f}; smaller gaps between methods are not meaningful."
+        )
+    skipped = [
+        m for m in TRAINED_METHODS if m not in results.get("trained_methods", TRAINED_METHODS)
+    ]
+    if skipped:
+        lines.append(
+            f"- Not run in this comparison (--methods): {', '.join(skipped)}; targets that need "
+            "them read n/a."
         )
     if results["quick"]:
         lines.append(

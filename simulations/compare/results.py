@@ -172,6 +172,7 @@ def build_results(exp: Experiment, *, complete: bool) -> dict[str, Any]:
         "ties counted against the target; test split unless said otherwise",
         "seeds": plan.seeds,
         "quick": plan.quick,
+        "trained_methods": list(plan.methods),
         "epsilons": plan.epsilons,
         "product_epsilon": plan.product_epsilon,
         "delta": deltas,

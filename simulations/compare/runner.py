@@ -94,9 +94,7 @@ class Experiment:
         return self.plan.cfg.federation.rounds * sum(len(trainable_users(p)) for p in trained)
 
     def _units_planned(self) -> int:
-        per_seed = self._units(self.platforms) * (3 + len(self.plan.federated_epsilons))
-        if self.unseen_runs():
-            per_seed += self._units(p for p in self.platforms if p.name != self.plan.unseen)
+        per_seed = sum(self._units(trained) for _, _, trained in self._seed_plan())
         return per_seed * len(self.plan.seeds)
 
     def _eta(self) -> str:
@@ -107,7 +105,11 @@ class Experiment:
         return f"; about {left / 60:.0f} min left"
 
     def unseen_runs(self) -> bool:
-        return self.plan.unseen is not None and len(self.platforms) >= 2
+        return (
+            self.plan.unseen is not None
+            and len(self.platforms) >= 2
+            and "federated_unseen" in self.plan.methods
+        )
 
     def _curve_sample(self, data: PlatformData) -> list[int]:
         # The first N users, as the Flower path's per-round validation takes them (a fixed
@@ -203,7 +205,7 @@ class Experiment:
             for eps in self.plan.federated_epsilons
             if eps != product and math.isfinite(eps)
         ]
-        return plan
+        return [run for run in plan if run[0] in self.plan.methods]
 
     def _reuse(self, key: str, units: int = 0) -> bool:
         """Keep a run a resumed comparison already finished (same settings, checked on load)."""

@@ -329,6 +329,34 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(tiny_compare, cap
         compare.run(changed, no_training)
 
 
+def test_parse_methods():
+    assert compare_plan.parse_methods(None) == compare_plan.TRAINED_METHODS
+    assert compare_plan.parse_methods("centralized, federated_dp") == (
+        "federated_dp",
+        "centralized",
+    )
+    for bad in ("popularity", "federated", ","):
+        with pytest.raises(ValueError, match="choose from"):
+            compare_plan.parse_methods(bad)
+
+
+def test_methods_runs_only_the_named_training_methods(tiny_compare, tiny_vocab, tmp_path):
+    _, argv = tiny_compare
+    argv = [*argv, "--methods", "federated_dp", "--seeds", "1"]
+    argv[argv.index("--out") + 1] = str(tmp_path / "subset")
+    args = build_parser().parse_args(argv)
+    cfg = compare_plan.compare_plan(args).cfg.model
+    assert compare.run(args, make_rec=lambda s: make_tiny_recommender(tiny_vocab, cfg, s)) == 0
+    results = json.loads((tmp_path / "subset" / "results.json").read_text())
+    assert results["trained_methods"] == ["federated_dp"]
+    assert {r["method"] for r in results["runs"]} == {
+        "popularity", "itemknn", "ease", "zero_shot", "zero_shot+local", "federated_dp",
+        "federated_dp+local", "federated_dp_personalized", "federated_dp_personalized+local",
+    }  # fmt: skip
+    report = (tmp_path / "subset" / "report.md").read_text()
+    assert "Not run in this comparison (--methods): local_only" in report
+
+
 @pytest.mark.integration
 def test_quick_end_to_end_on_movielens(tmp_path, capsys):
     out = tmp_path / "quick"

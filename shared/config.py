@@ -83,6 +83,11 @@ class TrainConfig:
         _check(self.threads >= 0, "train.threads", "must be >= 0")
 
 
+def default_delta(num_users: int) -> float:
+    """δ ≪ 1/users, as publishing DP results asks: 1/(10·users), and at most 1e-5."""
+    return min(1e-5, 0.1 / num_users)
+
+
 @dataclass(frozen=True)
 class PrivacyConfig:
     enabled: bool = True
@@ -94,6 +99,10 @@ class PrivacyConfig:
     # updates would be noise (an exhausted budget), and it says how much budget is left.
     max_noise_multiplier: float = 20.0
     accountant: str = "prv"  # prv | rdp
+    # Optional, the site's own: user-level DP for the counts its final ranking fuses in (ItemKNN,
+    # popularity, EASE), a budget separate from the federation's; 0 = exact counts.
+    local_epsilon: float = 0.0
+    local_max_items: int = 100  # distinct items counted per user (their most recent)
 
     def validate(self) -> None:
         _check(self.epsilon > 0 or not self.enabled, "privacy.epsilon", "must be > 0")
@@ -107,6 +116,12 @@ class PrivacyConfig:
         _check(self.max_grad_norm > 0, "privacy.max_grad_norm", "must be > 0")
         _check(self.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0")
         _check(self.accountant in ("prv", "rdp"), "privacy.accountant", "must be prv or rdp")
+        _check(
+            self.local_epsilon >= 0 and math.isfinite(self.local_epsilon),
+            "privacy.local_epsilon",
+            "must be >= 0 and finite (0 = exact counts)",
+        )
+        _check(self.local_max_items >= 1, "privacy.local_max_items", "must be >= 1")
 
 
 @dataclass(frozen=True)

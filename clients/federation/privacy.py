@@ -20,6 +20,7 @@ from pathlib import Path
 from opacus.accountants import create_accountant
 
 from clients.federation.ledger_file import FORMAT, LedgerError, chain_of, genesis, read_ledger
+from shared.config import default_delta
 
 __all__ = ["LedgerError", "PrivacyBudgetExceeded", "PrivacyLedger", "default_delta"]
 
@@ -193,11 +194,6 @@ class PrivacyLedger:
         )
         self.save()
         return after
-
-
-def default_delta(num_users: int) -> float:
-    """δ ≪ 1/users, as publishing DP results asks: 1/(10·users), and at most 1e-5."""
-    return min(1e-5, 0.1 / num_users)
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:

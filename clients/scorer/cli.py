@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from functools import partial
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from clients.scorer.model import PRECISIONS, SiteScorer, load_site_scorer
+from clients.scorer.private_counts import DEFAULT_MAX_ITEMS
 from clients.scorer.ranking import Query, Recommendation, query_for_ids, recommend
 from shared.cli import run_command
 from shared.data import build_platform, read_interactions
@@ -118,6 +120,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="rank with the model alone, without the site's own collaborative signals",
     )
     parser.add_argument(
+        "--local-epsilon",
+        type=float,
+        default=0.0,
+        help="make the site's own counts user-level DP with this ε (a budget of the site's own, "
+        "separate from the federation's; δ = min(1e-5, 0.1/users)); 0 = exact counts (default)",
+    )
+    parser.add_argument(
+        "--local-max-items",
+        type=int,
+        default=DEFAULT_MAX_ITEMS,
+        help="with --local-epsilon: distinct items counted per user, their most recent "
+        f"(default {DEFAULT_MAX_ITEMS})",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -130,6 +146,12 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         raise ValueError(f"--threads {args.threads}: use 0 (torch's default) or more")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not (args.local_epsilon >= 0 and math.isfinite(args.local_epsilon)):
+        raise ValueError(f"--local-epsilon {args.local_epsilon}: give an ε > 0, or 0 for exact")
+    if args.local_max_items < 1:
+        raise ValueError(f"--local-max-items {args.local_max_items}: count at least 1 item")
+    if args.local_epsilon and args.text_only:
+        raise ValueError("--local-epsilon makes the site's counts DP; --text-only uses none")
     return load_site_scorer(
         args.adapter,
         args.items,
@@ -140,6 +162,8 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         progress=progress,
         interactions=args.interactions,
         text_only=args.text_only,
+        local_epsilon=args.local_epsilon,
+        local_max_items=args.local_max_items,
     )
 
 
@@ -209,7 +233,13 @@ def _print_table(
     ranking = "text-only"
     if scorer.local:
         weights = ", ".join(f"{k} {v:.2f}" for k, v in scorer.local.fusion.weights.items())
-        ranking = f"hybrid ({weights}; fitted on the site's validation split)"
+        privacy = scorer.local.index.privacy
+        counts = (
+            f"; counts user-level DP ε={privacy['epsilon']:g}, δ={privacy['delta']:.1e}"
+            if privacy
+            else ""
+        )
+        ranking = f"hybrid ({weights}; fitted on the site's validation split{counts})"
     print(
         f"adapter {model.adapter_hash}{round_text}; catalogue of {len(scorer.index)} items; "
         f"ranking: {ranking}"

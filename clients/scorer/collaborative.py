@@ -11,11 +11,13 @@ guarantee covers what leaves the site, and these counts never do.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,6 +25,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from clients.scorer.private_counts import (
+    CountPrivacy,
+    nearest_psd,
+    noisy_gram,
+    recent_distinct_positions,
+)
 from shared.data import PlatformData
 
 FORMAT = "fedxrec-collaborative-1"
@@ -40,7 +48,8 @@ class CollaborativeIndex:
     popularity: torch.Tensor  # [items] recency-weighted interaction counts
     counts: torch.Tensor  # [items] interactions counted (0: the site knows nothing of the item)
     ease: torch.Tensor | None  # [items, items] EASE weights, or None for a large catalogue
-    fingerprint: str  # of the interactions counted
+    fingerprint: str  # of the interactions counted (and of the privacy settings, with DP)
+    privacy: dict[str, Any] | None = None  # CountPrivacy.describe() when the counts are DP
 
     @property
     def items(self) -> int:
@@ -81,7 +90,11 @@ class CollaborativeIndex:
         save_file(
             {k: v.contiguous() for k, v in tensors.items()},
             tmp,
-            metadata={"format": FORMAT, "fingerprint": self.fingerprint},
+            metadata={
+                "format": FORMAT,
+                "fingerprint": self.fingerprint,
+                "privacy": json.dumps(self.privacy),
+            },
         )
         os.replace(tmp, path)
 
@@ -98,6 +111,7 @@ class CollaborativeIndex:
             if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
                 return None
             t = load_file(str(path))
+            privacy = json.loads(meta.get("privacy", "null"))
         except (SafetensorError, OSError, ValueError):
             return None  # a damaged cache is rebuilt, never trusted
         return cls(
@@ -107,6 +121,7 @@ class CollaborativeIndex:
             t["counts"],
             t.get("ease"),
             fingerprint,
+            privacy if isinstance(privacy, dict) else None,
         )
 
 
@@ -128,38 +143,90 @@ def interactions_fingerprint(sequences: Sequence[Sequence[int]], data: PlatformD
     return digest.hexdigest()
 
 
+def index_fingerprint(
+    sequences: Sequence[Sequence[int]], data: PlatformData, privacy: CountPrivacy | None = None
+) -> str:
+    """What an index is built from: the interactions counted, and the privacy settings if any."""
+    fingerprint = interactions_fingerprint(sequences, data)
+    if privacy is not None:
+        settings = json.dumps(privacy.describe(), sort_keys=True).encode()
+        fingerprint += "-dp" + hashlib.blake2b(settings, digest_size=4).hexdigest()
+    return fingerprint
+
+
 def build_collaborative_index(
     data: PlatformData,
     sequences: Sequence[Sequence[int]],
     *,
     neighbours: int = NEIGHBOURS,
     ease_max_items: int = EASE_MAX_ITEMS,
+    privacy: CountPrivacy | None = None,
+    seed: int | None = None,
 ) -> CollaborativeIndex:
-    """Count ``sequences`` (each user's interactions to count, catalogue rows, oldest first)."""
+    """Count ``sequences`` (each user's interactions to count, catalogue rows, oldest first).
+
+    With ``privacy`` the counts are released once with user-level DP
+    (clients/scorer/private_counts.py) and everything else is built from the noisy counts;
+    ``seed`` fixes the noise for tests only (a real release must not be reproducible).
+    """
     items = len(data.items)
+    weights = _recency_weights(data, sequences)
+    fingerprint = index_fingerprint(sequences, data, privacy)
+    if privacy is not None:
+        if items > ease_max_items:
+            raise ValueError(
+                f"user-level DP counts need the dense co-occurrence matrix: catalogues up to "
+                f"{ease_max_items} items, and this one has {items}; rank without "
+                "--local-epsilon (exact counts) or with --text-only"
+            )
+        kept = [recent_distinct_positions(seq, privacy.max_items) for seq in sequences]
+        sequences = [[seq[p] for p in pos] for seq, pos in zip(sequences, kept, strict=True)]
+        weights = [w[pos] for w, pos in zip(weights, kept, strict=True)]
+    matrix = _binary_matrix(sequences, items)
+    popularity = np.zeros(items, dtype=np.float64)
+    for seq, w in zip(sequences, weights, strict=True):
+        np.add.at(popularity, np.asarray(seq, dtype=np.int64), w)
+    if privacy is None:
+        counts = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float32)
+        co = (matrix.T @ matrix).tocsr()
+        gram = None
+    else:
+        rng = np.random.default_rng(seed)
+        gram = noisy_gram(matrix, privacy.noise_std, rng)
+        popularity = np.maximum(popularity + rng.normal(0.0, privacy.noise_std, items), 0.0)
+        # an item whose noisy count rounds to 0 is one the site knows nothing certain of
+        counts = np.maximum(np.rint(gram.diagonal()), 0.0).astype(np.float32)
+        co = sp.csr_matrix(gram)
+    top, sims = _item_knn(co, counts, neighbours)
+    ease = None
+    if 0 < items <= ease_max_items:
+        ease = _ease((matrix.T @ matrix).toarray() if gram is None else nearest_psd(gram))
+    return CollaborativeIndex(
+        neighbours=torch.from_numpy(top),
+        similarity=torch.from_numpy(sims),
+        popularity=torch.from_numpy(popularity.astype(np.float32)),
+        counts=torch.from_numpy(counts),
+        ease=ease,
+        fingerprint=fingerprint,
+        privacy=None if privacy is None else privacy.describe(),
+    )
+
+
+def _binary_matrix(sequences: Sequence[Sequence[int]], items: int) -> sp.csr_matrix:
+    """[users, items]: 1 where the user interacted with the item (once, however often)."""
     rows = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
     cols = np.fromiter((i for s in sequences for i in s), dtype=np.int64, count=len(rows))
     matrix = sp.csr_matrix(
         (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(sequences), items)
     )
-    matrix.data[:] = 1.0  # an item seen twice by one user counts once
-    counts = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float32)
-    top, sims = _item_knn(matrix, counts, neighbours)
-    ease = _ease(matrix) if 0 < items <= ease_max_items else None
-    return CollaborativeIndex(
-        neighbours=torch.from_numpy(top),
-        similarity=torch.from_numpy(sims),
-        popularity=torch.from_numpy(_recency_weighted(data, sequences, items)),
-        counts=torch.from_numpy(counts),
-        ease=ease,
-        fingerprint=interactions_fingerprint(sequences, data),
-    )
+    matrix.data[:] = 1.0
+    return matrix
 
 
-def _item_knn(matrix: sp.csr_matrix, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _item_knn(co: sp.csr_matrix, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each item's ``k`` most similar items by cosine of co-occurrence: |i ∩ j| / √(|i|·|j|)."""
-    items = matrix.shape[1]
-    co = (matrix.T @ matrix).tocsr()
+    items = co.shape[1]
+    co = co.tocsr(copy=True)
     co.setdiag(0.0)
     co.eliminate_zeros()
     norms = np.sqrt(np.maximum(counts, 1.0))
@@ -179,9 +246,9 @@ def _item_knn(matrix: sp.csr_matrix, counts: np.ndarray, k: int) -> tuple[np.nda
     return top, sims
 
 
-def _ease(matrix: sp.csr_matrix) -> torch.Tensor:
+def _ease(gram_matrix: np.ndarray) -> torch.Tensor:
     """EASE (Steck 2019): B = I − P·diag(1/diag(P)) with P = (XᵀX + λI)⁻¹, zero diagonal."""
-    gram = torch.from_numpy((matrix.T @ matrix).toarray().astype(np.float64))
+    gram = torch.from_numpy(np.asarray(gram_matrix, dtype=np.float64))
     gram += EASE_REGULARISATION * torch.eye(gram.shape[0], dtype=torch.float64)
     inverse = torch.linalg.inv(gram)
     weights = -inverse / inverse.diagonal().unsqueeze(0)
@@ -189,19 +256,16 @@ def _ease(matrix: sp.csr_matrix) -> torch.Tensor:
     return weights.float()
 
 
-def _recency_weighted(
-    data: PlatformData, sequences: Sequence[Sequence[int]], items: int
-) -> np.ndarray:
-    """Interaction counts, each weighted by how recent it is (plain counts without timestamps)."""
-    popularity = np.zeros(items, dtype=np.float64)
+def _recency_weights(data: PlatformData, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Each interaction's popularity weight by how recent it is (1 everywhere without times)."""
     times = [(data.times or [])[u][: len(s)] if data.times else [] for u, s in enumerate(sequences)]
     flat = [t for ts in times for t in ts]
     span = (max(flat) - min(flat)) if flat else 0.0
     end = max(flat) if flat else 0.0
+    weights = []
     for seq, ts in zip(sequences, times, strict=True):
         if span > 0 and len(ts) == len(seq):
-            weights = 0.5 ** ((end - np.asarray(ts)) / (HALF_LIFE * span))
+            weights.append(0.5 ** ((end - np.asarray(ts, dtype=np.float64)) / (HALF_LIFE * span)))
         else:
-            weights = np.ones(len(seq))
-        np.add.at(popularity, np.asarray(seq, dtype=np.int64), weights)
-    return popularity.astype(np.float32)
+            weights.append(np.ones(len(seq)))
+    return weights

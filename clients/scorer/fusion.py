@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from clients.scorer.collaborative import CollaborativeIndex, build_collaborative_index
+from clients.scorer.private_counts import CountPrivacy
 from shared.data import PlatformData
 from shared.metrics import ranking_metrics, target_ranks
 from shared.model import Recommender
@@ -128,10 +129,14 @@ def fit_fusion(
     return FusionWeights(best, best_ndcg, ndcg({"model": 1.0}), len(histories))
 
 
-def training_index(data: PlatformData) -> CollaborativeIndex:
+def training_index(
+    data: PlatformData, privacy: CountPrivacy | None = None, seed: int | None = None
+) -> CollaborativeIndex:
     """The site's collaborative index as evaluation needs it: training sequences only, so no
-    validation or test target is ever counted."""
-    return build_collaborative_index(data, [data.train_sequence(u) for u in range(data.num_users)])
+    validation or test target is ever counted (with ``privacy``: user-level DP counts, noise
+    drawn with ``seed``)."""
+    sequences = [data.train_sequence(u) for u in range(data.num_users)]
+    return build_collaborative_index(data, sequences, privacy=privacy, seed=seed)
 
 
 def hybrid_split_ranks(

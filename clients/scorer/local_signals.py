@@ -15,9 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clients.scorer.collaborative import CollaborativeIndex, build_collaborative_index
+from clients.scorer.collaborative import (
+    CollaborativeIndex,
+    build_collaborative_index,
+    index_fingerprint,
+)
 from clients.scorer.fusion import FIT_USERS, FusionWeights, fit_fusion
 from clients.scorer.item_index import ItemIndex
+from clients.scorer.private_counts import DEFAULT_MAX_ITEMS, CountPrivacy
+from shared.config import default_delta
 from shared.data import PlatformData, build_platform, find_file, read_interactions
 from shared.model import Recommender
 
@@ -33,6 +39,7 @@ class LocalSignals:
             "interactions_file": str(self.interactions_file),
             "interactions_hash": self.index.fingerprint,
             **self.fusion.to_dict(),
+            "count_privacy": self.index.privacy,  # None: exact counts
         }
 
 
@@ -51,26 +58,48 @@ def load_local_signals(
     *,
     model_fingerprint: str,
     cache_dir: Path | None,
+    local_epsilon: float = 0.0,
+    local_max_items: int = DEFAULT_MAX_ITEMS,
 ) -> LocalSignals:
     """Read the interactions, build (or read back) the index and the fitted weights (cached in
-    ``cache_dir/local``, beside the item vectors)."""
+    ``cache_dir/local``, beside the item vectors).
+
+    ``local_epsilon`` > 0 makes the counts user-level DP (clients/scorer/private_counts.py): the
+    two indexes (the fit's and serving's) are two releases of the same users under that one ε,
+    and each is drawn once and kept in the cache, so a restart does not release them again.
+    """
     cache_dir = cache_dir / "local" if cache_dir else None
+    if local_epsilon and cache_dir is None:
+        raise ValueError(
+            "--local-epsilon needs the cache: the noisy counts are drawn once and kept, and "
+            "without a cache every start would release them again; drop --no-cache"
+        )
     interactions = read_interactions(interactions_file, set(item_index.row_of))
     items = list(item_index.items)
     everyone = build_platform("site", items, interactions, min_user_interactions=1)
-    serving = _cached_index(everyone, everyone.sequences, cache_dir)
+    privacy = None
+    if local_epsilon:
+        privacy = CountPrivacy(
+            local_epsilon, default_delta(everyone.num_users), local_max_items, releases=2
+        )
+    serving = _cached_index(everyone, everyone.sequences, cache_dir, privacy)
     weights = _read_weights(cache_dir, model_fingerprint, serving.fingerprint)
     if weights is None:
-        weights = _fit(rec, item_index, build_platform("site", items, interactions), cache_dir)
+        fit_data = build_platform("site", items, interactions)
+        weights = _fit(rec, item_index, fit_data, cache_dir, privacy)
         _write_weights(cache_dir, model_fingerprint, serving.fingerprint, weights)
     return LocalSignals(serving, weights, interactions_file)
 
 
 def _fit(
-    rec: Recommender, item_index: ItemIndex, data: PlatformData, cache_dir: Path | None
+    rec: Recommender,
+    item_index: ItemIndex,
+    data: PlatformData,
+    cache_dir: Path | None,
+    privacy: CountPrivacy | None,
 ) -> FusionWeights:
     training = _cached_index(
-        data, [data.train_sequence(u) for u in range(data.num_users)], cache_dir
+        data, [data.train_sequence(u) for u in range(data.num_users)], cache_dir, privacy
     )
     pairs = [data.split(u, "validation") for u in range(min(data.num_users, FIT_USERS))]
     histories = [h for h, _ in pairs]
@@ -80,16 +109,17 @@ def _fit(
 
 
 def _cached_index(
-    data: PlatformData, sequences: list[list[int]], cache_dir: Path | None
+    data: PlatformData,
+    sequences: list[list[int]],
+    cache_dir: Path | None,
+    privacy: CountPrivacy | None,
 ) -> CollaborativeIndex:
-    from clients.scorer.collaborative import interactions_fingerprint
-
-    fingerprint = interactions_fingerprint(sequences, data)
+    fingerprint = index_fingerprint(sequences, data, privacy)
     path = cache_dir / f"collaborative-{fingerprint}.safetensors" if cache_dir else None
     cached = CollaborativeIndex.load(path, fingerprint) if path else None
     if cached is not None:
         return cached
-    index = build_collaborative_index(data, sequences)
+    index = build_collaborative_index(data, sequences, privacy=privacy)
     if path:
         index.save(path)
     return index

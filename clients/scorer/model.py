@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from clients.scorer.item_index import ItemIndex, build_item_index, default_cache_dir
 from clients.scorer.local_signals import LocalSignals, default_interactions_file, load_local_signals
+from clients.scorer.private_counts import DEFAULT_MAX_ITEMS
 from shared.adapter import (
     CONFIG_FILE,
     AdapterError,
@@ -231,10 +232,13 @@ def load_site_scorer(
     progress: bool = True,
     interactions: str | Path | None = None,
     text_only: bool = False,
+    local_epsilon: float = 0.0,
+    local_max_items: int = DEFAULT_MAX_ITEMS,
 ) -> SiteScorer:
     """Read the catalogue, load the model and index the catalogue (from the cache when it can);
     with the site's interactions (``interactions``, or the file beside ``items_file``), fit the
-    hybrid ranking unless ``text_only``.
+    hybrid ranking unless ``text_only``; ``local_epsilon`` > 0 makes the site's counts user-level
+    DP (clients/scorer/private_counts.py).
 
     ``cache_dir=None`` uses the default cache folder of ``items_file``; pass ``""`` for no cache.
     """
@@ -268,6 +272,8 @@ def load_site_scorer(
             interactions_file,
             model_fingerprint=model.fingerprint,
             cache_dir=cache,
+            local_epsilon=local_epsilon,
+            local_max_items=local_max_items,
         )
     return SiteScorer(
         model=model, index=index, items_file=items_file, local=local, model_check=model_check

@@ -77,7 +77,14 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"- Privacy: user-level (ε, δ)-DP per platform over the whole federation; product ε = "
         f"{eps}, sweep ε ∈ {{{', '.join(eps_text(e) for e in results['epsilons'])}}}, δ = "
         f"{deltas}, accountant {results['privacy']['accountant']}, clip "
-        f"{results['privacy']['max_grad_norm']}.",
+        f'{results["privacy"]["max_grad_norm"]}. The "+ local signals" rankings fuse '
+        + (
+            f"counts made user-level DP with the site's own ε = "
+            f"{results['privacy']['local_epsilon']:g} (at most "
+            f"{results['privacy']['local_max_items']} items per user)."
+            if results["privacy"].get("local_epsilon")
+            else "the site's exact counts (its own data, never sent)."
+        ),
         f"- Training: {cfg['federation.rounds']} rounds of {cfg['train.steps']} steps "
         f"({cfg['train.lora_steps']} with LoRA), expected batch {cfg['train.batch_size']} users, "
         f"lr {cfg['train.learning_rate']} (LoRA {cfg['train.lora_learning_rate']}), "

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from server.run_log import SPLIT
+from shared.config import FedxrecConfig
 from shared.data import PlatformData
 from shared.metrics import METRIC_NAMES
 from simulations.compare.plan import (
@@ -180,6 +181,9 @@ def build_results(exp: Experiment, *, complete: bool) -> dict[str, Any]:
             "unit": "one user of one platform (all of their interactions)",
             "accountant": plan.cfg.privacy.accountant,
             "max_grad_norm": plan.cfg.privacy.max_grad_norm,
+            # the "+local" rankings' counts: exact (0) or user-level DP with this ε of the site's own
+            "local_epsilon": plan.cfg.privacy.local_epsilon,
+            "local_max_items": plan.cfg.privacy.local_max_items,
         },
         "slices": {
             "cold_users": f"users with ≤ {COLD_USER_MAX_INTERACTIONS} interactions on the platform",
@@ -254,6 +258,9 @@ def load_previous_runs(
             f"--resume: {path} is unreadable ({err}); use another --out or drop --resume"
         ) from None
     flat = to_json(plan.cfg.to_flat())
+    # a setting added since the earlier run counts as its default there (it did not exist)
+    defaults = to_json(FedxrecConfig().to_flat())
+    config = {**{k: v for k, v in defaults.items() if k not in config}, **config}
     differ = [k for k in sorted(set(flat) | set(config)) if flat.get(k) != config.get(k)]
     shapes = {p.name: [p.num_users, len(p.items)] for p in platforms}
     if {n: [p["users"], p["items"]] for n, p in saved_platforms.items()} != shapes:

@@ -15,8 +15,9 @@ from clients.federation.evaluation import split_ranks
 from clients.federation.training import trainable_users
 from clients.scorer.collaborative import CollaborativeIndex
 from clients.scorer.fusion import hybrid_split_ranks, training_index
+from clients.scorer.private_counts import CountPrivacy
 from shared.adapter import get_adapter_arrays, set_adapter_arrays
-from shared.config import FedxrecConfig
+from shared.config import FedxrecConfig, default_delta
 from shared.data import PlatformData
 from shared.metrics import ranking_metrics
 from shared.model import Recommender, build_recommender, pick_device
@@ -148,7 +149,14 @@ class Experiment:
 
     def _local(self, data: PlatformData) -> CollaborativeIndex:
         if data.name not in self._local_indexes:
-            self._local_indexes[data.name] = training_index(data)
+            privacy = self.plan.cfg.privacy
+            counts = None
+            if privacy.local_epsilon:
+                counts = CountPrivacy(
+                    privacy.local_epsilon, default_delta(data.num_users), privacy.local_max_items
+                )
+            # one draw of the noise per platform: every method fuses the same noisy counts
+            self._local_indexes[data.name] = training_index(data, counts, seed=0)
         return self._local_indexes[data.name]
 
     def _record(self, run: dict[str, Any]) -> None:

@@ -324,9 +324,37 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(tiny_compare, cap
     assert "kept from the earlier results.json" in capsys.readouterr().out
     after = json.loads((out / "results.json").read_text())
     assert after["runs"] == before["runs"] and after["complete"]
+    # a setting added after the earlier run (absent from its config) counts as its default there
+    older = dict(after, config={k: v for k, v in after["config"].items() if "local_" not in k})
+    (out / "results.json").write_text(json.dumps(older))
+    assert compare.run(build_parser().parse_args([*argv, "--resume"]), no_training) == 0
     changed = build_parser().parse_args([*argv, "--resume", "--set", "train.learning_rate=0.05"])
     with pytest.raises(ValueError, match="other settings.*train.learning_rate"):
         compare.run(changed, no_training)
+
+
+def test_local_epsilon_makes_the_fused_counts_dp(tmp_path):
+    from simulations.compare.runner import Experiment
+
+    rng = random.Random(1)
+    items = [Item(f"m{k}", f"movie {k}") for k in range(15)]
+    data = PlatformData(
+        name="solo",
+        items=items,
+        users=[f"u{k}" for k in range(20)],
+        sequences=[rng.sample(range(15), rng.randint(4, 8)) for _ in range(20)],
+    )
+
+    def local_index(*extra):
+        args = build_parser().parse_args(["compare", "--out", str(tmp_path), *extra])
+        plan = compare_plan.compare_plan(args)
+        exp = Experiment(plan, [data], lambda seed: None, log=lambda line: None)
+        return exp._local(data)
+
+    assert local_index().privacy is None
+    dp = local_index("--set", "privacy.local_epsilon=2", "--set", "privacy.local_max_items=5")
+    assert dp.privacy["epsilon"] == 2 and dp.privacy["max_items_per_user"] == 5
+    assert dp.privacy["delta"] == pytest.approx(default_delta(20))
 
 
 def test_parse_methods():

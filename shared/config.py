@@ -102,7 +102,7 @@ class PrivacyConfig:
     # Optional, the site's own: user-level DP for the counts its final ranking fuses in (ItemKNN,
     # popularity, EASE), a budget separate from the federation's; 0 = exact counts.
     local_epsilon: float = 0.0
-    local_max_items: int = 100  # distinct items counted per user (their most recent)
+    local_max_items: int = 20  # distinct items counted per user (their most recent)
 
     def validate(self) -> None:
         _check(self.epsilon > 0 or not self.enabled, "privacy.epsilon", "must be > 0")

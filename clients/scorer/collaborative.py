@@ -37,6 +37,9 @@ FORMAT = "fedxrec-collaborative-1"
 NEIGHBOURS = 200  # ItemKNN keeps each item's most similar items; enough for any top-K we serve
 EASE_MAX_ITEMS = 20_000  # above this the [items, items] inverse is too large for one site's RAM
 EASE_REGULARISATION = 250.0
+# With DP counts (noise std σ): ItemKNN keeps co-occurrences ≥ 3σ, EASE's λ is at least 50σ
+KNN_NOISE_THRESHOLD = 3.0
+EASE_NOISE_REGULARISATION = 50.0
 HALF_LIFE = 0.1  # popularity: an interaction's weight halves every 10 % of the training span
 SIGNALS = ("itemknn", "popularity", "ease")
 
@@ -192,15 +195,25 @@ def build_collaborative_index(
         gram = None
     else:
         rng = np.random.default_rng(seed)
-        gram = noisy_gram(matrix, privacy.noise_std, rng)
-        popularity = np.maximum(popularity + rng.normal(0.0, privacy.noise_std, items), 0.0)
-        # an item whose noisy count rounds to 0 is one the site knows nothing certain of
+        std = privacy.noise_std
+        gram = noisy_gram(matrix, std, rng)
+        # Post-processing of the one noisy release, each choice made on validation
+        # (docs/experiments/local-dp-counts.md): popularity is the noisy count (a separate
+        # recency-weighted release would add noise for no gain); an item whose count rounds to 0
+        # is one the site knows nothing certain of; ItemKNN keeps co-occurrences above 3σ (the
+        # rest is mostly noise) and floors each item's norm at σ; EASE regularises more as σ grows.
+        popularity = np.maximum(gram.diagonal(), 0.0)
         counts = np.maximum(np.rint(gram.diagonal()), 0.0).astype(np.float32)
-        co = sp.csr_matrix(gram)
-    top, sims = _item_knn(co, counts, neighbours)
+        co = np.where(gram >= KNN_NOISE_THRESHOLD * std, gram, 0.0)
+        co = sp.csr_matrix(co)
+    top, sims = _item_knn(co, counts if privacy is None else np.maximum(counts, std), neighbours)
     ease = None
     if 0 < items <= ease_max_items:
-        ease = _ease((matrix.T @ matrix).toarray() if gram is None else nearest_psd(gram))
+        if gram is None:
+            ease = _ease((matrix.T @ matrix).toarray())
+        else:
+            regularisation = max(EASE_REGULARISATION, EASE_NOISE_REGULARISATION * privacy.noise_std)
+            ease = _ease(nearest_psd(gram), regularisation)
     return CollaborativeIndex(
         neighbours=torch.from_numpy(top),
         similarity=torch.from_numpy(sims),
@@ -246,10 +259,10 @@ def _item_knn(co: sp.csr_matrix, counts: np.ndarray, k: int) -> tuple[np.ndarray
     return top, sims
 
 
-def _ease(gram_matrix: np.ndarray) -> torch.Tensor:
+def _ease(gram_matrix: np.ndarray, regularisation: float = EASE_REGULARISATION) -> torch.Tensor:
     """EASE (Steck 2019): B = I − P·diag(1/diag(P)) with P = (XᵀX + λI)⁻¹, zero diagonal."""
     gram = torch.from_numpy(np.asarray(gram_matrix, dtype=np.float64))
-    gram += EASE_REGULARISATION * torch.eye(gram.shape[0], dtype=torch.float64)
+    gram += regularisation * torch.eye(gram.shape[0], dtype=torch.float64)
     inverse = torch.linalg.inv(gram)
     weights = -inverse / inverse.diagonal().unsqueeze(0)
     weights.fill_diagonal_(0.0)

@@ -2,18 +2,18 @@
 shown to one of its users to reveal nothing certain about another.
 
 The counts the site's collaborative signals are built from, the item–item co-occurrence matrix
-(its diagonal is each item's count) and the recency-weighted popularity, are released once with
-Gaussian noise. Each user contributes at most ``max_items`` distinct items (their most recent),
-so adding or removing one user changes the released numbers by at most
+(its diagonal is each item's count, which is also the popularity), are released once with Gaussian
+noise. Each user contributes at most ``max_items`` = L distinct items (their most recent), so
+adding or removing one user changes the released numbers (the upper triangle, diagonal included)
+in at most L(L+1)/2 entries, each by 1:
 
-    Δ = √(L(L+1)/2 + L)   (L(L+1)/2 co-occurrence entries of the upper triangle change by 1,
-                           L popularity entries by at most 1: recency weights are ≤ 1),
+    Δ = √(L(L+1)/2),
 
 and the noise on every number is N(0, (z·Δ)²). The noise multiplier z is the smallest that makes
 the release (ε, δ)-DP by the analytic Gaussian mechanism (Balle & Wang 2018, Theorem 8), which is
 exact for one Gaussian release; ``releases`` Gaussian releases of the same users compose exactly
 into one with multiplier z/√releases, so each is calibrated with z·√releases. Everything built
-from the noisy counts (ItemKNN neighbours, EASE, popularity) is post-processing and costs nothing.
+from the noisy counts (popularity, ItemKNN neighbours, EASE) is post-processing and costs nothing.
 
 This budget is the site's own and separate from the federation's. What it does not cover: the
 fusion weights (a few numbers chosen on the site's validation split) and the history of the user
@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import norm
 
-DEFAULT_MAX_ITEMS = 100
+DEFAULT_MAX_ITEMS = 20  # chosen on validation (docs/experiments/local-dp-counts.md)
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class CountPrivacy:
     @property
     def sensitivity(self) -> float:
         items = self.max_items
-        return math.sqrt(items * (items + 1) / 2 + items)
+        return math.sqrt(items * (items + 1) / 2)
 
     @property
     def noise_multiplier(self) -> float:

@@ -195,6 +195,18 @@ def test_rank_command_json_and_table(capsys, scorer, adapter_dir, encoder_dir, p
     code, _, err = _cli(capsys, "rank", *common, "--history", "m1", "--k", "0")
     assert code == 2 and "--k 0 is out of range" in err
 
+    code, out, _ = _cli(capsys, "rank", *common, "--history", "m1,m2", "--local-epsilon", "4")
+    assert code == 0 and "counts user-level DP ε=4" in out
+    for flags, message in (
+        (["--local-epsilon", "-1"], "--local-epsilon -1.0: give an ε > 0"),
+        (["--local-epsilon", "inf"], "--local-epsilon inf"),
+        (["--local-max-items", "0"], "--local-max-items 0"),
+        (["--local-epsilon", "4", "--text-only"], "--text-only uses none"),
+        (["--local-epsilon", "4", "--no-cache"], "--local-epsilon needs the cache"),
+    ):
+        code, _, err = _cli(capsys, "rank", *common, "--history", "m1", *flags)
+        assert code == 2 and message in err and "Traceback" not in err, err
+
 
 @pytest.mark.integration
 def test_real_encoder_ranks_exactly(tmp_path, platform_dir):

@@ -141,6 +141,21 @@ def test_targets_met_and_missed():
     assert "Federated (DP)" in again[0]["target"] and again[0]["met"] is False
     assert again[4]["met"] is None
 
+    # the site's final ranking, and "the model alone": the product's model and the global one
+    summary["federated_dp_personalized"] = entry({"a": 0.11, "b": 0.21})
+    summary["federated_dp_personalized+local"] = entry({"a": 0.15, "b": 0.25})
+    summary["zero_shot+local"] = entry({"a": 0.14, "b": 0.25})
+    summary["itemknn"] = entry({"a": 0.12, "b": 0.22})
+    alone = [
+        t
+        for t in compare_targets.check_targets(summary, ["a", "b"], 8.0)
+        if "alone (ε" in t["target"]
+    ]
+    assert [t["met"] for t in alone] == [True, True, False, False]  # a tie with Popularity: ≥
+    assert "Federated + personalised (DP) alone" in alone[0]["target"]
+    assert "global federated DP model alone" in alone[2]["target"]
+    assert alone[1]["detail"] == "0.1600 vs 0.1700 = 0.941×"
+
 
 # ---- end to end on tiny platforms with the tiny random encoder --------------------------------
 

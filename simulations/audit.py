@@ -27,12 +27,12 @@ import torch
 from clients.federation.examples import build_batch, trainable_users
 from clients.federation.training import user_losses
 from shared.adapter import set_adapter_arrays
-from shared.config import FedxrecConfig, add_config_arguments, parse_overrides
+from shared.config import FedxrecConfig, add_config_arguments, default_delta, parse_overrides
 from shared.data import PlatformData
 from shared.model import Recommender, build_recommender, pick_device
 from simulations.compare.data import load_platforms
 from simulations.inprocess import federate
-from simulations.report import format_table
+from simulations.report import _commit, format_table
 
 FPRS = (0.01, 0.001)
 BOOTSTRAP = 500
@@ -166,13 +166,14 @@ def run(args: argparse.Namespace) -> int:
             results["models"][f"{mode}/{model}"] = attack_metrics(
                 np.concatenate(inside), np.concatenate(outside), args.seed
             )
-    delta = min(1e-5, 0.1 / min(m.num_users for m in members))
+    delta = default_delta(min(m.num_users for m in members))
     results["bound"] = {
         "epsilon": cfg.privacy.epsilon,
         "delta": delta,
         **{f"tpr@{fpr:g}": dp_tpr_bound(cfg.privacy.epsilon, delta, fpr) for fpr in FPRS},
     }
     results["seconds"] = time.perf_counter() - started
+    results["commit"], results["created"] = _commit(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (out / "audit.json").write_text(json.dumps(results, indent=1))
     (out / "audit.md").write_text(render(results))
     print(render(results))

@@ -55,3 +55,4 @@ def test_audit_end_to_end_on_a_small_movielens(tmp_path):
     for stats in results["models"].values():
         assert 0 <= stats["auc"]["low"] <= stats["auc"]["value"] <= stats["auc"]["high"] <= 1
     assert "DP bound" in (tmp_path / "audit.md").read_text()
+    assert results["commit"] and results["created"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared.metrics import METRIC_NAMES
-from simulations.compare.plan import METHODS, TRAINED_METHODS, eps_text
-from simulations.compare.targets import stat
+from simulations.compare.plan import HYBRID_SUFFIX, METHODS, TRAINED_METHODS, eps_text
+from simulations.compare.targets import product_method, stat
 from simulations.report import format_table
 
 
@@ -255,16 +255,23 @@ def observations(results: dict[str, Any]) -> list[str]:
             "learning rate are what would change that."
         )
     best_baseline = max(
-        ((m, mean_of(m)) for m in ("popularity", "itemknn") if mean_of(m) is not None),
+        ((m, v) for m in ("popularity", "itemknn", "ease") if (v := mean_of(m)) is not None),
         key=lambda x: x[1],
         default=None,
     )
-    if best_baseline and dp is not None:
+    product = product_method(summary)
+    ours = mean_of(product)
+    if best_baseline and ours is not None:
         m, v = best_baseline
-        relation = "above" if dp > v else "below"
         lines.append(
-            f"- The strongest non-neural baseline is {METHODS[m].label} ({v:.4f}); federated DP "
-            f"is {relation} it."
+            f"- The strongest counting baseline is {METHODS[m].label} ({v:.4f}); "
+            f"{METHODS[product].label} alone is {'above' if ours > v else 'below'} it ({ours:.4f})"
+            + (
+                f", the site's final ranking ({METHODS[product + HYBRID_SUFFIX].label}) "
+                f"{'above' if hybrid > v else 'below'} it ({hybrid:.4f})."
+                if (hybrid := mean_of(product + HYBRID_SUFFIX)) is not None
+                else "."
+            )
         )
     fed_std = [
         summary["federated_dp"]["platforms"][n]["all"]["ndcg@10"]["std"]

@@ -123,7 +123,7 @@ def dp_tpr_bound(epsilon: float, delta: float, fpr: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
+    started, commit = time.perf_counter(), _commit()  # the code that runs, whatever HEAD becomes
     cfg = FedxrecConfig.load(args.config)
     cfg = cfg.with_overrides(parse_overrides(args.set))
     if args.data:
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         **{f"tpr@{fpr:g}": dp_tpr_bound(cfg.privacy.epsilon, delta, fpr) for fpr in FPRS},
     }
     results["seconds"] = time.perf_counter() - started
-    results["commit"], results["created"] = _commit(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results["commit"], results["created"] = commit, time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (out / "audit.json").write_text(json.dumps(results, indent=1))
     (out / "audit.md").write_text(render(results))
     print(render(results))

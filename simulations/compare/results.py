@@ -28,7 +28,6 @@ from simulations.compare.plan import (
     ComparePlan,
 )
 from simulations.compare.targets import check_targets
-from simulations.report import _commit
 
 if TYPE_CHECKING:
     from simulations.compare.runner import Experiment
@@ -164,7 +163,7 @@ def build_results(exp: Experiment, *, complete: bool) -> dict[str, Any]:
         "complete": complete,
         "command": exp.command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "commit": _commit(),
+        "commit": exp.commit,  # the code that ran: HEAD when the comparison started
         "machine": machine_info(exp.device),
         "seconds": time.perf_counter() - exp.started,
         "dataset": plan.cfg.data.dataset,

@@ -33,6 +33,7 @@ from simulations.compare.plan import (
 )
 from simulations.compare.tested import Tested, merge_rounds
 from simulations.inprocess import federate
+from simulations.report import _commit
 
 Log = Callable[[str], None]
 RecFactory = Callable[[int], Recommender]
@@ -77,6 +78,7 @@ class Experiment:
         self.curve_users = {p.name: self._curve_sample(p) for p in platforms}
         self.runs: list[dict[str, Any]] = []
         self.started = time.perf_counter()
+        self.commit = _commit()
         self.round_zero: dict[str, float] = {}
         self.units_total = self._units_planned()
         self.units_done = 0

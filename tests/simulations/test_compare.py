@@ -265,7 +265,7 @@ def test_results_json_schema(tiny_compare):
     assert {"federated_unseen", "zero_shot", "local_only"} <= set(
         results["unseen_platform"]["methods"]
     )
-    assert len(results["targets"]) == 13
+    assert len(results["targets"]) == 15  # 6 of the model, 5 of the final ranking, 4 "alone"
     for run in runs["federated_dp_personalized+local"]:
         for fit in run["fusion"].values():  # weights on the simplex, fitted on validation
             assert sum(fit["weights"].values()) == pytest.approx(1.0)

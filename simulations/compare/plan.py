@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import ConfigError, FedxrecConfig, parse_overrides
+from shared.data import PlatformData
 
 SCHEMA_VERSION = 2
 COLD_USER_MAX_INTERACTIONS = 5  # a user with at most this many interactions on the platform
@@ -252,3 +253,30 @@ def resolve_unseen(requested: str | None, names: list[str]) -> str | None:
     if len(names) < 2:
         raise ValueError("--unseen needs at least two platforms (one left out, one federated)")
     return requested
+
+
+def unseen_runs(plan: ComparePlan, platforms: list[PlatformData]) -> bool:
+    """Whether the comparison runs a federation without the unseen platform."""
+    return plan.unseen is not None and len(platforms) >= 2 and "federated_unseen" in plan.methods
+
+
+def seed_plan(
+    plan: ComparePlan, platforms: list[PlatformData]
+) -> list[tuple[str, float, list[PlatformData]]]:
+    """(method, ε, platforms trained) of every training run of one seed, in running order."""
+    product = plan.product_epsilon
+    runs = [
+        ("federated_dp", product, platforms),
+        ("local_only", product, platforms),
+        ("federated_dp_head_only", product, platforms),
+        ("federated_no_dp", math.inf, platforms),
+        ("centralized", math.inf, platforms),
+    ]
+    if unseen_runs(plan, platforms):
+        runs.append(("federated_unseen", product, [p for p in platforms if p.name != plan.unseen]))
+    runs += [
+        ("federated_eps", eps, platforms)
+        for eps in plan.federated_epsilons
+        if eps != product and math.isfinite(eps)
+    ]
+    return [run for run in runs if run[0] in plan.methods]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -29,7 +28,9 @@ from simulations.compare.plan import (
     ComparePlan,
     eps_text,
     run_key,
+    seed_plan,
     spent_text,
+    unseen_runs,
 )
 from simulations.compare.tested import Tested, merge_rounds
 from simulations.inprocess import federate
@@ -108,11 +109,10 @@ class Experiment:
         return f"; about {left / 60:.0f} min left"
 
     def unseen_runs(self) -> bool:
-        return (
-            self.plan.unseen is not None
-            and len(self.platforms) >= 2
-            and "federated_unseen" in self.plan.methods
-        )
+        return unseen_runs(self.plan, self.platforms)
+
+    def _seed_plan(self) -> list[tuple[str, float, list[PlatformData]]]:
+        return seed_plan(self.plan, self.platforms)
 
     def _curve_sample(self, data: PlatformData) -> list[int]:
         # The first N users, as the Flower path's per-round validation takes them (a fixed
@@ -196,26 +196,6 @@ class Experiment:
                     self._train_method(method, seed, eps)
                 else:
                     self._reuse_twins(method, seed, eps)
-
-    def _seed_plan(self) -> list[tuple[str, float, list[PlatformData]]]:
-        """(method, ε, platforms trained) of every training run of one seed, in running order."""
-        product, everyone = self.plan.product_epsilon, self.platforms
-        plan = [
-            ("federated_dp", product, everyone),
-            ("local_only", product, everyone),
-            ("federated_dp_head_only", product, everyone),
-            ("federated_no_dp", math.inf, everyone),
-            ("centralized", math.inf, everyone),
-        ]
-        if self.unseen_runs():
-            others = [p for p in everyone if p.name != self.plan.unseen]
-            plan.append(("federated_unseen", product, others))
-        plan += [
-            ("federated_eps", eps, everyone)
-            for eps in self.plan.federated_epsilons
-            if eps != product and math.isfinite(eps)
-        ]
-        return [run for run in plan if run[0] in self.plan.methods]
 
     def _reuse(self, key: str, units: int = 0) -> bool:
         """Keep a run a resumed comparison already finished (same settings, checked on load)."""

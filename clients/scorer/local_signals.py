@@ -66,7 +66,8 @@ def load_local_signals(
 
     ``local_epsilon`` > 0 makes the counts user-level DP (clients/scorer/private_counts.py): the
     two indexes (the fit's and serving's) are two releases of the same users under that one ε,
-    and each is drawn once and kept in the cache, so a restart does not release them again.
+    and each is drawn once and kept in the cache, so a restart does not release them again
+    (deleting the cache draws them anew: another release, which this ε does not cover).
     """
     cache_dir = cache_dir / "local" if cache_dir else None
     if local_epsilon and cache_dir is None:

@@ -173,55 +173,64 @@ def build_collaborative_index(
     ``seed`` fixes the noise for tests only (a real release must not be reproducible).
     """
     items = len(data.items)
-    weights = _recency_weights(data, sequences)
     fingerprint = index_fingerprint(sequences, data, privacy)
     if privacy is not None:
-        if items > ease_max_items:
-            raise ValueError(
-                f"user-level DP counts need the dense co-occurrence matrix: catalogues up to "
-                f"{ease_max_items} items, and this one has {items}; rank without "
-                "--local-epsilon (exact counts) or with --text-only"
-            )
-        kept = [recent_distinct_positions(seq, privacy.max_items) for seq in sequences]
-        sequences = [[seq[p] for p in pos] for seq, pos in zip(sequences, kept, strict=True)]
-        weights = [w[pos] for w, pos in zip(weights, kept, strict=True)]
+        return _private_index(
+            data, sequences, privacy, fingerprint, neighbours, ease_max_items, seed
+        )
     matrix = _binary_matrix(sequences, items)
-    popularity = np.zeros(items, dtype=np.float64)
-    for seq, w in zip(sequences, weights, strict=True):
-        np.add.at(popularity, np.asarray(seq, dtype=np.int64), w)
-    if privacy is None:
-        counts = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float32)
-        co = (matrix.T @ matrix).tocsr()
-        gram = None
-    else:
-        rng = np.random.default_rng(seed)
-        std = privacy.noise_std
-        gram = noisy_gram(matrix, std, rng)
-        # Post-processing of the one noisy release, each choice made on validation
-        # (docs/experiments/local-dp-counts.md): popularity is the noisy count (a separate
-        # recency-weighted release would add noise for no gain); an item whose count rounds to 0
-        # is one the site knows nothing certain of; ItemKNN keeps co-occurrences above 3σ (the
-        # rest is mostly noise) and floors each item's norm at σ; EASE regularises more as σ grows.
-        popularity = np.maximum(gram.diagonal(), 0.0)
-        counts = np.maximum(np.rint(gram.diagonal()), 0.0).astype(np.float32)
-        co = np.where(gram >= KNN_NOISE_THRESHOLD * std, gram, 0.0)
-        co = sp.csr_matrix(co)
-    top, sims = _item_knn(co, counts if privacy is None else np.maximum(counts, std), neighbours)
-    ease = None
-    if 0 < items <= ease_max_items:
-        if gram is None:
-            ease = _ease((matrix.T @ matrix).toarray())
-        else:
-            regularisation = max(EASE_REGULARISATION, EASE_NOISE_REGULARISATION * privacy.noise_std)
-            ease = _ease(nearest_psd(gram), regularisation)
+    gram = (matrix.T @ matrix).tocsr()
+    counts = gram.diagonal().astype(np.float32)  # users per item: the matrix is binary
+    top, sims = _item_knn(gram, counts, neighbours)
     return CollaborativeIndex(
         neighbours=torch.from_numpy(top),
         similarity=torch.from_numpy(sims),
-        popularity=torch.from_numpy(popularity.astype(np.float32)),
+        popularity=torch.from_numpy(_recency_weighted(data, sequences, items)),
         counts=torch.from_numpy(counts),
-        ease=ease,
+        ease=_ease(gram.toarray()) if 0 < items <= ease_max_items else None,
         fingerprint=fingerprint,
-        privacy=None if privacy is None else privacy.describe(),
+    )
+
+
+def _private_index(
+    data: PlatformData,
+    sequences: Sequence[Sequence[int]],
+    privacy: CountPrivacy,
+    fingerprint: str,
+    neighbours: int,
+    ease_max_items: int,
+    seed: int | None,
+) -> CollaborativeIndex:
+    """The index built from one user-level DP release of the co-occurrence counts.
+
+    Post-processing, each choice made on validation (docs/experiments/local-dp-counts.md):
+    popularity is the noisy count (a separate recency-weighted release would add noise for no
+    gain); an item whose count rounds to 0 is one the site knows nothing certain of; ItemKNN keeps
+    co-occurrences of at least 3σ (the rest is mostly noise) and floors each item's norm at σ;
+    EASE regularises more as σ grows.
+    """
+    items = len(data.items)
+    if items > ease_max_items:
+        raise ValueError(
+            f"user-level DP counts need the dense co-occurrence matrix: catalogues up to "
+            f"{ease_max_items} items, and this one has {items}; rank without "
+            "--local-epsilon (exact counts) or with --text-only"
+        )
+    bounded = [[s[p] for p in recent_distinct_positions(s, privacy.max_items)] for s in sequences]
+    std = privacy.noise_std
+    gram = noisy_gram(_binary_matrix(bounded, items), std, np.random.default_rng(seed))
+    counts = np.maximum(np.rint(gram.diagonal()), 0.0).astype(np.float32)
+    co = sp.csr_matrix(np.where(gram >= KNN_NOISE_THRESHOLD * std, gram, 0.0))
+    top, sims = _item_knn(co, np.maximum(counts, std), neighbours)
+    regularisation = max(EASE_REGULARISATION, EASE_NOISE_REGULARISATION * std)
+    return CollaborativeIndex(
+        neighbours=torch.from_numpy(top),
+        similarity=torch.from_numpy(sims),
+        popularity=torch.from_numpy(np.maximum(gram.diagonal(), 0.0).astype(np.float32)),
+        counts=torch.from_numpy(counts),
+        ease=_ease(nearest_psd(gram), regularisation) if items else None,
+        fingerprint=fingerprint,
+        privacy=privacy.describe(),
     )
 
 
@@ -269,16 +278,19 @@ def _ease(gram_matrix: np.ndarray, regularisation: float = EASE_REGULARISATION) 
     return weights.float()
 
 
-def _recency_weights(data: PlatformData, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """Each interaction's popularity weight by how recent it is (1 everywhere without times)."""
+def _recency_weighted(
+    data: PlatformData, sequences: Sequence[Sequence[int]], items: int
+) -> np.ndarray:
+    """Interaction counts, each weighted by how recent it is (plain counts without timestamps)."""
+    popularity = np.zeros(items, dtype=np.float64)
     times = [(data.times or [])[u][: len(s)] if data.times else [] for u, s in enumerate(sequences)]
     flat = [t for ts in times for t in ts]
     span = (max(flat) - min(flat)) if flat else 0.0
     end = max(flat) if flat else 0.0
-    weights = []
     for seq, ts in zip(sequences, times, strict=True):
         if span > 0 and len(ts) == len(seq):
-            weights.append(0.5 ** ((end - np.asarray(ts, dtype=np.float64)) / (HALF_LIFE * span)))
+            weights = 0.5 ** ((end - np.asarray(ts)) / (HALF_LIFE * span))
         else:
-            weights.append(np.ones(len(seq)))
-    return weights
+            weights = np.ones(len(seq))
+        np.add.at(popularity, np.asarray(seq, dtype=np.int64), weights)
+    return popularity.astype(np.float32)

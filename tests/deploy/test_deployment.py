@@ -164,15 +164,26 @@ def secagg_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
     }
 
 
-def dropout_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
-    link = _link(kit, "dropout", links)
+def _three_sites_one_killed(
+    kit: DeployKit,
+    links: list[LocalSuperLink],
+    name: str,
+    settings: dict[str, Any],
+    kill_when: str,
+    timeout: float,
+    keep_updates: bool = False,
+) -> dict[str, Any]:
+    """A 1-round federation of three sites (two replies suffice) where drama is killed as soon as
+    its log shows ``kill_when``."""
+    link = _link(kit, name, links)
     sites = {}
     for site in ("action", "comedy", "drama"):
         link.register_supernode(kit.site_pub(site))
-        sites[site] = _site(kit, link, site, "dropout")
+        sites[site] = _site(kit, link, site, name, keep_updates=keep_updates)
     cfg, rc = kit.run_config(
-        "dropout",
+        name,
         {
+            **settings,
             "federation.platforms": 3,
             "federation.min_nodes": 2,
             "federation.rounds": 1,
@@ -181,50 +192,43 @@ def dropout_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]
     )
     started = time.perf_counter()
     run_id = link.start_run(APP_DIR, run_config=rc)
-    # The round's train message has reached the site: its ClientApp is starting. Kill the site.
-    sites["drama"].wait_for_log("Receiving: train message", timeout=600)
+    sites["drama"].wait_for_log(kill_when, timeout=600)
     sites["drama"].kill()
     killed_at = time.perf_counter() - started
-    status = link.wait_for_run(run_id, timeout=600)
+    status = link.wait_for_run(run_id, timeout=timeout)
     return {
+        "cfg": cfg,
         "status": status,
         "killed_at": killed_at,
         "seconds": time.perf_counter() - started,
         "out": Path(cfg.federation.out_dir),
+        "updates": kit.root / name / "state",
     }
+
+
+def dropout_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
+    # The round's train message has reached the site: its ClientApp is starting. Kill the site.
+    return _three_sites_one_killed(
+        kit, links, "dropout", {}, kill_when="Receiving: train message", timeout=600
+    )
 
 
 def secagg_dropout_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
-    link = _link(kit, "secagg-dropout", links)
-    sites = {}
-    for site in ("action", "comedy", "drama"):
-        link.register_supernode(kit.site_pub(site))
-        sites[site] = _site(kit, link, site, "secagg-dropout", keep_updates=True)
-    cfg, rc = kit.run_config(
-        "secagg-dropout",
-        {
-            "federation.secure_aggregation": True,
-            "federation.secagg_shares": 3,
-            "federation.secagg_threshold": 2,
-            "federation.platforms": 3,
-            "federation.min_nodes": 2,
-            "federation.rounds": 1,
-            "federation.round_timeout": DROPOUT_TIMEOUT,
-        },
-    )
-    started = time.perf_counter()
-    run_id = link.start_run(APP_DIR, run_config=rc)
     # drama has shared its key shares and is training (SecAgg+'s masked-vector stage): kill it
-    sites["drama"].wait_for_log("drama: training round 1", timeout=600)
-    sites["drama"].kill()
-    status = link.wait_for_run(run_id, timeout=900)
-    return {
-        "cfg": cfg,
-        "status": status,
-        "seconds": time.perf_counter() - started,
-        "out": Path(cfg.federation.out_dir),
-        "updates": kit.root / "secagg-dropout" / "state",
+    secagg = {
+        "federation.secure_aggregation": True,
+        "federation.secagg_shares": 3,
+        "federation.secagg_threshold": 2,
     }
+    return _three_sites_one_killed(
+        kit,
+        links,
+        "secagg-dropout",
+        secagg,
+        kill_when="drama: training round 1",
+        timeout=900,
+        keep_updates=True,
+    )
 
 
 CHAINS: dict[str, Callable[[DeployKit, list[LocalSuperLink]], dict[str, Any]]] = {

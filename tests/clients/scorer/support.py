@@ -8,10 +8,25 @@ import torch
 
 from shared.adapter import get_adapter_arrays, save_adapter
 from shared.config import ModelConfig
+from shared.data import PlatformData
+from shared.text import Item
 from tests.conftest import make_tiny_recommender
 
 # Model settings travel in the adapter's fedxrec.json, as the coordinator records them.
 MODEL_SETTINGS = {"max_item_tokens": 16, "history_items": 5}
+
+
+def make_platform(
+    sequences: list[list[int]], items: int, times: list[list[float]] | None = None
+) -> PlatformData:
+    """A hand-made platform: item k is "i{k}", user u is "u{u}" with ``sequences[u]`` (rows)."""
+    return PlatformData(
+        name="hand",
+        items=[Item(f"i{k}", f"title {k}") for k in range(items)],
+        users=[f"u{k}" for k in range(len(sequences))],
+        sequences=sequences,
+        times=times,
+    )
 
 
 def tiny_config(**overrides: object) -> ModelConfig:

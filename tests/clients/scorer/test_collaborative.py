@@ -8,18 +8,7 @@ import torch
 
 from clients.scorer.collaborative import CollaborativeIndex, build_collaborative_index
 from clients.scorer.fusion import fit_fusion, fuse, simplex_grid, standardise, standardised_signals
-from shared.data import PlatformData
-from shared.text import Item
-
-
-def make_platform(sequences, items, times=None):
-    return PlatformData(
-        name="hand",
-        items=[Item(f"i{k}", f"title {k}") for k in range(items)],
-        users=[f"u{k}" for k in range(len(sequences))],
-        sequences=sequences,
-        times=times,
-    )
+from tests.clients.scorer.support import make_platform
 
 
 def brute_force_knn(sequences, items, history):

@@ -21,19 +21,7 @@ from clients.scorer.private_counts import (
     gaussian_noise_multiplier,
     recent_distinct_positions,
 )
-from shared.data import PlatformData
-from shared.text import Item
-from tests.clients.scorer.support import save_tiny_adapter, save_tiny_encoder
-
-
-def platform(sequences, items, times=None):
-    return PlatformData(
-        name="hand",
-        items=[Item(f"i{k}", f"title {k}") for k in range(items)],
-        users=[f"u{k}" for k in range(len(sequences))],
-        sequences=sequences,
-        times=times,
-    )
+from tests.clients.scorer.support import make_platform, save_tiny_adapter, save_tiny_encoder
 
 
 def test_gaussian_delta_matches_the_analytic_formula_by_hand():
@@ -101,7 +89,7 @@ def test_one_users_change_to_the_released_counts_is_the_sensitivity():
 def test_dp_index_differs_from_the_exact_one_and_reports_its_privacy(tmp_path):
     rng = random.Random(3)
     sequences = [rng.sample(range(20), rng.randint(3, 9)) for _ in range(60)]
-    data = platform(sequences, 20)
+    data = make_platform(sequences, 20)
     exact = build_collaborative_index(data, sequences)
     noisy = build_collaborative_index(
         data, sequences, privacy=CountPrivacy(1.0, 1e-5, max_items=5), seed=1
@@ -120,7 +108,7 @@ def test_dp_index_differs_from_the_exact_one_and_reports_its_privacy(tmp_path):
 
 
 def test_dp_counts_need_a_catalogue_small_enough_for_the_dense_matrix():
-    data = platform([[0, 1], [1, 2]], 3)
+    data = make_platform([[0, 1], [1, 2]], 3)
     with pytest.raises(ValueError, match="catalogues up to 2 items"):
         build_collaborative_index(
             data, data.sequences, privacy=CountPrivacy(1.0, 1e-5), ease_max_items=2

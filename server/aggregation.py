@@ -40,9 +40,11 @@ from flwr.serverapp import Grid
 from shared.config import FederationConfig
 from shared.records import (
     TrainingRecord,
+    TrainInstruction,
     array_record_nbytes,
     from_array_record,
     from_parameters,
+    refusal_text,
     to_array_record,
 )
 
@@ -85,35 +87,27 @@ def secagg_tolerance(fed: FederationConfig, sites: int, max_weight: float, users
 
 def fedavg_round(
     grid: Grid,
-    nodes: list[int],
     arrays: ArrayRecord,
-    server_round: int,
+    instructions: dict[int, TrainInstruction],
     *,
     timeout: float,
     min_replies: int,
-    node_config: dict[int, dict[str, float]] | None = None,
 ) -> TrainOutcome:
-    """``node_config``: what each node is told besides the round (what its ledger must show)."""
+    """Send ``arrays`` with each node's ``TrainInstruction``; FedAvg of the adapters that come
+    back, when at least ``min_replies`` sites trained."""
     messages = [
         Message(
-            RecordDict(
-                {
-                    "arrays": arrays,
-                    "config": ConfigRecord(
-                        {"server-round": server_round, **(node_config or {}).get(n, {})}
-                    ),
-                }
-            ),
+            RecordDict({"arrays": arrays, "config": ConfigRecord(instruction.to_record())}),
             dst_node_id=n,
             message_type=MessageType.TRAIN,
         )
-        for n in nodes
+        for n, instruction in instructions.items()
     ]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     trained = [m for m in replies if not m.has_error()]
     outcome = TrainOutcome(arrays=None)
     answered = {m.metadata.src_node_id for m in replies}
-    outcome.silent = set(nodes) - answered
+    outcome.silent = set(instructions) - answered
     for m in replies:
         node = m.metadata.src_node_id
         if not m.has_error():
@@ -122,7 +116,7 @@ def fedavg_round(
         elif m.error.code == ErrorCode.NODE_UNAVAILABLE:
             outcome.silent.add(node)
         else:
-            outcome.refused[node] = m.error.reason
+            outcome.refused[node] = refusal_text(m.error.code, m.error.reason)
     if len(trained) >= min_replies:
         updates = [
             (
@@ -146,20 +140,16 @@ class _SecureRound(Strategy):
     already replaced by the unmasked weighted average (the workflow does that), and keeps them.
     """
 
-    def __init__(
-        self, nodes: list[int], grid: Grid, run_id: int, config: dict, node_config: dict
-    ) -> None:
-        self.nodes, self.grid, self.run_id, self.config = nodes, grid, run_id, config
-        self.node_config = node_config
+    def __init__(self, instructions: dict[int, TrainInstruction], grid: Grid, run_id: int) -> None:
+        self.instructions, self.grid, self.run_id = instructions, grid, run_id
         self.average: Parameters | None = None
         self.results: list[tuple[ClientProxy, FitRes]] = []
         self.failures: list[BaseException | tuple[ClientProxy, FitRes]] = []
 
     def configure_fit(self, server_round, parameters, client_manager):
-        proxies = [GridClientProxy(n, self.grid, self.run_id) for n in self.nodes]
         return [
-            (p, FitIns(parameters, {**self.config, **self.node_config.get(p.node_id, {})}))
-            for p in proxies
+            (GridClientProxy(n, self.grid, self.run_id), FitIns(parameters, i.to_record()))
+            for n, i in self.instructions.items()
         ]
 
     def aggregate_fit(self, server_round, results, failures):
@@ -210,18 +200,18 @@ class SecureAggregation:
     def round(
         self,
         grid: Grid,
-        nodes: list[int],
         arrays: ArrayRecord,
-        server_round: int,
+        instructions: dict[int, TrainInstruction],
         *,
         min_replies: int,
-        node_config: dict[int, dict[str, float]] | None = None,
         log: Callable[[str], None] = print,
     ) -> TrainOutcome:
+        if not instructions:
+            return TrainOutcome(arrays=None)
         names = list(arrays.keys())
-        strategy = _SecureRound(
-            nodes, grid, self.context.run_id, {"server-round": server_round}, node_config or {}
-        )
+        nodes = list(instructions)
+        (server_round,) = {i.server_round for i in instructions.values()}
+        strategy = _SecureRound(instructions, grid, self.context.run_id)
         legacy = LegacyContext(
             context=self.context, config=ServerConfig(num_rounds=server_round), strategy=strategy
         )
@@ -252,5 +242,7 @@ class SecureAggregation:
 def _reason(failure: BaseException | tuple) -> str:
     if isinstance(failure, BaseException):
         error = failure.args[0] if failure.args else failure
-        return str(getattr(error, "reason", error))
+        if hasattr(error, "code") and hasattr(error, "reason"):  # a site's error reply
+            return refusal_text(int(error.code), str(error.reason))
+        return str(error)
     return str(failure[1].status.message)

@@ -25,18 +25,24 @@ from server.checkpoint import Checkpoint, CheckpointError
 from server.run_log import METRICS_FILE, FederationLog
 from shared.adapter import (
     adapter_hash,
-    get_adapter_arrays,
+    initial_adapter,
     read_adapter,
     save_adapter,
     set_adapter_arrays,
 )
 from shared.config import ConfigError, FedxrecConfig
-from shared.model import Recommender, build_recommender, check_outputs, resolve_encoder
+from shared.model import check_outputs, process_recommender, resolve_encoder
 from shared.process import set_process_defaults
 from shared.records import (
+    PERSONALIZE,
+    EvaluateInstruction,
+    PersonalizeInstruction,
+    SiteInfo,
     TrainingRecord,
+    TrainInstruction,
     array_record_nbytes,
     from_array_record,
+    refusal_text,
     to_array_record,
 )
 
@@ -69,7 +75,6 @@ class Coordinator:
         self.nodes: list[int] = []
         self.platform_of: dict[int, str] = {}
         self.ledgers: dict[str, tuple[int, float]] = {}  # platform -> (releases, ε) it reported
-        self.probe: Recommender | None = None  # loaded once, to check each new global model
         self.secure: SecureAggregation | None = None
 
     # ---- the federation ------------------------------------------------------------------
@@ -132,11 +137,10 @@ class Coordinator:
     def _sane(self, arrays: ArrayRecord, server_round: int) -> bool:
         """Whether the new global model scores a probe batch with finite, sane scores; a broken
         aggregate is not accepted (the previous global model stays)."""
-        if self.probe is None:
-            self.probe = build_recommender(self.cfg.model, seed=self.cfg.federation.seed)
+        probe = process_recommender(self.cfg.model)
         try:
-            set_adapter_arrays(self.probe, from_array_record(arrays))
-            check_outputs(self.probe)
+            set_adapter_arrays(probe, from_array_record(arrays))
+            check_outputs(probe)
         except ValueError as err:  # AdapterError, ModelOutputError
             print(
                 f"[fedxrec] round {server_round}: the aggregated model is refused ({err}); the "
@@ -148,9 +152,7 @@ class Coordinator:
 
     def _start(self) -> tuple[int, ArrayRecord, dict]:
         """Round 0: the initial adapter, evaluated zero-shot on validation and test."""
-        self.probe = build_recommender(self.cfg.model, seed=self.cfg.federation.seed)
-        initial = get_adapter_arrays(self.probe)
-        arrays = to_array_record(initial)
+        arrays = to_array_record(initial_adapter(self.cfg.model, self.cfg.federation.seed))
         zero_shot = self._evaluate(arrays, ("validation", "test"))
         self.log.record_evaluation(0, zero_shot["validation"])
         self._save(arrays, 0)
@@ -186,21 +188,24 @@ class Coordinator:
     def _personalize(self, arrays: ArrayRecord) -> None:
         """Each site fine-tunes the final global model on its own users and keeps the result;
         the replies carry only the spending and the personal models' metrics."""
-        config = {
-            "server-round": self.cfg.federation.rounds + 1,
-            "personalize": True,
-            "validation-users": self.cfg.federation.eval_users,
-        }
-        content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
-        messages = [
-            Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in self.nodes
-        ]
+        messages = []
+        for node in self.nodes:
+            instruction = PersonalizeInstruction(
+                server_round=self.cfg.federation.rounds + 1,
+                validation_users=self.cfg.federation.eval_users,
+                **self._ledger_shown(node),
+            )
+            content = RecordDict(
+                {"arrays": arrays, "config": ConfigRecord(instruction.to_record())}
+            )
+            messages.append(Message(content, dst_node_id=node, message_type=PERSONALIZE))
         replies = self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
         results: dict[str, tuple[TrainingRecord, dict[str, dict[str, float]]]] = {}
         for m in replies:
             name = self._name(m.metadata.src_node_id)
             if m.has_error():
-                print(f"[fedxrec] {name} did not personalise: {m.error.reason}", flush=True)
+                why = refusal_text(m.error.code, m.error.reason)
+                print(f"[fedxrec] {name} did not personalise ({why})", flush=True)
                 continue
             splits = {
                 part: {k: float(v) for k, v in m.content[part].items()}
@@ -215,6 +220,14 @@ class Coordinator:
                 flush=True,
             )
 
+    def _ledger_shown(self, node: int) -> dict[str, float]:
+        """What ``node``'s ledger showed when it last reported (nothing before its first)."""
+        name = self._name(node)
+        if name not in self.ledgers:
+            return {}
+        releases, epsilon = self.ledgers[name]
+        return {"ledger_releases": releases, "ledger_epsilon": epsilon}
+
     def _max_weight(self) -> float:
         """SecAgg+ scales each site's adapter by users / max_weight: the largest platform."""
         if self.cfg.federation.secagg_max_weight:
@@ -226,29 +239,21 @@ class Coordinator:
     def _train(self, arrays: ArrayRecord, server_round: int) -> TrainOutcome:
         # Each site is told what its ledger showed when it last reported: a site whose ledger
         # shows less (deleted, rolled back) refuses rather than spend its budget again.
-        node_config = {
-            n: {"ledger-releases": self.ledgers[name][0], "ledger-epsilon": self.ledgers[name][1]}
+        instructions = {
+            n: TrainInstruction(server_round=server_round, **self._ledger_shown(n))
             for n in self.nodes
-            if (name := self._name(n)) in self.ledgers
         }
         if self.secure is not None:
             outcome = self.secure.round(
-                self.grid,
-                self.nodes,
-                arrays,
-                server_round,
-                min_replies=self.min_replies,
-                node_config=node_config,
+                self.grid, arrays, instructions, min_replies=self.min_replies
             )
         else:
             outcome = fedavg_round(
                 self.grid,
-                self.nodes,
                 arrays,
-                server_round,
+                instructions,
                 timeout=self.cfg.federation.round_timeout,
                 min_replies=self.min_replies,
-                node_config=node_config,
             )
         for node, record in outcome.metrics.items():
             if record.ledger_releases:
@@ -278,11 +283,12 @@ class Coordinator:
         for m in self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout):
             node = m.metadata.src_node_id
             if m.has_error():
-                print(f"[fedxrec] site {node} failed to start: {m.error.reason}", flush=True)
+                why = refusal_text(m.error.code, m.error.reason)
+                print(f"[fedxrec] site {node} failed to start ({why})", flush=True)
                 continue
-            info = m.content["info"]
-            self.platform_of[node] = str(info["platform"])
-            self.log.record_platform(self.platform_of[node], int(info["users"]), int(info["items"]))
+            info = SiteInfo.from_record(m.content["info"])
+            self.platform_of[node] = info.platform
+            self.log.record_platform(info.platform, info.users, info.items)
 
     def _name(self, node: int) -> str:
         return self.platform_of.get(node, f"node-{node}")
@@ -294,8 +300,8 @@ class Coordinator:
         self, arrays: ArrayRecord, splits: tuple[str, ...]
     ) -> dict[str, dict[str, dict[str, float]]]:
         """Every responsive site evaluates ``arrays``: split -> platform -> metrics."""
-        config = {"splits": ",".join(splits), "validation-users": self.cfg.federation.eval_users}
-        content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
+        instruction = EvaluateInstruction(splits, self.cfg.federation.eval_users)
+        content = RecordDict({"arrays": arrays, "config": ConfigRecord(instruction.to_record())})
         messages = [
             Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in self.nodes
         ]
@@ -304,7 +310,8 @@ class Coordinator:
         for m in replies:
             name = self._name(m.metadata.src_node_id)
             if m.has_error():
-                print(f"[fedxrec] {name} could not evaluate: {m.error.reason}", flush=True)
+                why = refusal_text(m.error.code, m.error.reason)
+                print(f"[fedxrec] {name} could not evaluate ({why})", flush=True)
                 continue
             for split in splits:
                 results[split][name] = {k: float(v) for k, v in m.content[split].items()}
@@ -336,7 +343,7 @@ class Coordinator:
         fed, flat = self.cfg.federation, self.cfg.to_flat()
         strategy = {
             "name": "secagg+fedavg" if fed.secure_aggregation else "fedavg",
-            "weighted_by": "num-examples",
+            "weighted_by": "users",  # TrainingRecord.users: the site's trainable users
             "min_replies": self.min_replies,
             **({"secagg": self.secure.settings()} if self.secure is not None else {}),
         }

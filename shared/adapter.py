@@ -28,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 
 from shared.config import ModelConfig
 from shared.head import HEAD_FORMAT
-from shared.model import Recommender, lora_config
+from shared.model import Recommender, build_recommender, lora_config
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -48,6 +48,18 @@ def get_adapter_arrays(rec: Recommender) -> OrderedDict[str, np.ndarray]:
     for name, p in rec.head.named_parameters():
         arrays[HEAD_PREFIX + name] = p.detach().cpu().float().numpy().copy()
     return arrays
+
+
+_INITIAL: dict[tuple[ModelConfig, int], OrderedDict[str, np.ndarray]] = {}
+
+
+def initial_adapter(cfg: ModelConfig, seed: int) -> OrderedDict[str, np.ndarray]:
+    """A federation's round-0 adapter for ``seed``: a fresh LoRA (B = 0: the base encoder) and
+    a fresh head, the same for every federation of this process with this seed."""
+    key = (cfg, seed)
+    if key not in _INITIAL:
+        _INITIAL[key] = get_adapter_arrays(build_recommender(cfg, seed=seed))
+    return OrderedDict((k, v.copy()) for k, v in _INITIAL[key].items())
 
 
 def split_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -14,15 +14,35 @@ import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
+class _Section:
+    """A configuration section: its values are type-checked and validated when it is built, so
+    no section exists with a wrong value, however it was made (``from_flat``, a constructor,
+    ``dataclasses.replace``)."""
+
+    SECTION: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            key = f"{self.SECTION}.{f.name}"
+            value = getattr(self, f.name)
+            object.__setattr__(self, f.name, _coerce(key, value, type(f.default), strict=True))
+        self.validate()
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
+    SECTION: ClassVar[str] = "model"
+
     encoder: str = ""  # HF name or local path; "" = the installed all-MiniLM-L6-v2 package
     lora_r: int = 8
     lora_alpha: int = 16
@@ -47,7 +67,9 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
+    SECTION: ClassVar[str] = "train"
+
     """One DP-SGD step = one Poisson sample of the site's users; one user = one example."""
 
     steps: int = 40  # steps per round at each site
@@ -89,7 +111,9 @@ def default_delta(num_users: int) -> float:
 
 
 @dataclass(frozen=True)
-class PrivacyConfig:
+class PrivacyConfig(_Section):
+    SECTION: ClassVar[str] = "privacy"
+
     enabled: bool = True
     epsilon: float = 8.0  # per-site budget for the whole federation (user-level)
     delta: float = 0.0  # 0 = min(1e-5, 1 / (10 · users on the platform))
@@ -125,7 +149,9 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
-class FederationConfig:
+class FederationConfig(_Section):
+    SECTION: ClassVar[str] = "federation"
+
     rounds: int = 3
     platforms: int = 0  # sites to wait for before round 1; 0 = the simulation's platform count
     min_nodes: int = 0  # successful replies a round needs to count; 0 = every platform
@@ -171,7 +197,9 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
+    SECTION: ClassVar[str] = "data"
+
     dataset: str = "ml-100k"  # ml-100k | ml-1m | a folder with interactions + items files
     # the platforms to use: genre groups of MovieLens, sub-folders of your own data ("" = all)
     platforms: str = ""
@@ -191,7 +219,9 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class SimulationConfig:
+class SimulationConfig(_Section):
+    SECTION: ClassVar[str] = "simulation"
+
     """Where a single-machine simulation keeps each platform's files (set by `fedxrec simulate`)."""
 
     platform_root: str = ""  # one sub-folder per platform: interactions.jsonl, items.jsonl
@@ -295,16 +325,19 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return flat
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
+def _coerce(key: str, value: Any, kind: type, *, strict: bool = False) -> Any:
+    """``value`` as a ``kind``; ``strict`` (a section built in code) takes only the type itself
+    (an int for a float), a run config or a command line also takes its spellings ("true", 3.0
+    for an int, a number for a string)."""
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
+        if not strict and isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if not strict and isinstance(value, float) and value.is_integer():
             return int(value)
     elif kind is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -314,10 +347,11 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if not strict and isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(
-        f"configuration key '{key}' expects a {kind.__name__}, got {value!r} ({type(value).__name__})"
+        f"configuration key '{key}' expects {'an' if kind is int else 'a'} {kind.__name__}, got "
+        f"{value!r} ({type(value).__name__})"
     )
 
 

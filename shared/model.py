@@ -7,9 +7,11 @@ a user is ``user · item / temperature``. Only the LoRA and the head are trained
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -122,6 +124,10 @@ class Recommender:
     head: SequenceHead
     config: ModelConfig
     device: torch.device
+    # catalogue vectors by (LoRA fingerprint, catalogue fingerprint): see ``catalogue_vectors``
+    _catalogues: OrderedDict[tuple[str, str], torch.Tensor] = field(
+        default_factory=OrderedDict, repr=False, compare=False
+    )
 
     def tokenize(self, texts: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(
@@ -152,6 +158,31 @@ class Recommender:
     def encode_items(self, texts: list[str]) -> torch.Tensor:
         return self.encode(texts, self.config.max_item_tokens)
 
+    def catalogue_vectors(self, texts: list[str]) -> torch.Tensor:
+        """``encode_items`` of a whole catalogue, remembered for the LoRA weights it was encoded
+        with: the coordinator's evaluation, the next round's frozen vectors and a comparison's
+        test ranking under the same global model share one encoding. The head does not change
+        item vectors, so a round that trains the head only keeps them. Read-only: callers must
+        not modify the tensor in place."""
+        key = (self.lora_fingerprint(), _texts_fingerprint(texts))
+        if key in self._catalogues:
+            self._catalogues.move_to_end(key)
+            return self._catalogues[key]
+        vectors = self.encode_items(texts)
+        self._catalogues[key] = vectors
+        while len(self._catalogues) > 1 and _nbytes(self._catalogues) > CATALOGUE_CACHE_BYTES:
+            self._catalogues.popitem(last=False)
+        return vectors
+
+    def lora_fingerprint(self) -> str:
+        """A hash of the encoder's current LoRA weights ("" without an adapter)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for name, p in self.model.named_parameters():
+            if "lora_" in name:
+                digest.update(name.encode())
+                digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     @torch.no_grad()
     def user_vectors(
         self, histories: Sequence[Sequence[int]], item_vectors: torch.Tensor
@@ -173,6 +204,21 @@ class Recommender:
     @property
     def has_adapter(self) -> bool:
         return isinstance(self.model.encoder, PeftModel)
+
+
+CATALOGUE_CACHE_BYTES = 512 << 20  # catalogue vectors one recommender keeps (the last always)
+
+
+def _texts_fingerprint(texts: list[str]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return f"{len(texts)}:{digest.hexdigest()}"
+
+
+def _nbytes(tensors: OrderedDict[tuple[str, str], torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def build_recommender(
@@ -201,6 +247,23 @@ def build_recommender(
     model = TextEncoder(encoder).to(device)
     head = SequenceHead(int(encoder.config.hidden_size), cfg.history_items).to(device)
     return Recommender(tokenizer=tokenizer, model=model, head=head, config=cfg, device=device)
+
+
+_PROCESS_MODELS: dict[tuple[ModelConfig, str], Recommender] = {}
+
+
+def process_recommender(cfg: ModelConfig, device: torch.device | str = "cpu") -> Recommender:
+    """This process's one recommender for ``cfg`` on ``device``: the encoder is loaded once.
+
+    Its adapter is whatever its last user set, so every user sets one (``set_adapter_arrays``)
+    before using it. A deployed site may start a process per message and gains nothing; one
+    process that serves many messages (a comparison's in-process federation, the simulation
+    engine's long-lived workers) loads the encoder once instead of once per message.
+    """
+    key = (cfg, str(torch.device(device)))
+    if key not in _PROCESS_MODELS:
+        _PROCESS_MODELS[key] = build_recommender(cfg, device=device)
+    return _PROCESS_MODELS[key]
 
 
 MAX_SCORE = 1e4  # far beyond any trained model's user · item (item vectors have norm 1)

@@ -1,26 +1,98 @@
-"""What crosses the wire, one spelling each: adapters as named float32 arrays in an ArrayRecord
-(numpy format, no pickle), and a site's training report as a ``TrainingRecord`` (the same field
-names in the Flower message, in metrics.json and in every report)."""
+"""What crosses the wire, one spelling each.
+
+Adapters travel as named float32 arrays in an ArrayRecord (numpy format, no pickle). Everything
+else is a typed record whose field names are the keys in the Flower message, in metrics.json and
+in every report:
+
+- coordinator → site: ``TrainInstruction`` (a round), ``PersonalizeInstruction`` (the site's
+  fine-tune after the last round, its own message type ``PERSONALIZE``), ``EvaluateInstruction``;
+- site → coordinator: ``SiteInfo`` (which platform a node is), ``TrainingRecord`` (a round's or
+  the personalisation's report), ranking metrics per split, or an error whose code is a
+  ``SiteRefusal``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, MessageType
 from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+
+PERSONALIZE = f"{MessageType.TRAIN}.personalize"  # ClientApp: @app.train("personalize")
+SPLITS = ("validation", "test")
+R = TypeVar("R", bound="_FlatRecord")
+
+
+class ProtocolError(ValueError):
+    """A message lacks a field or carries one of the wrong type: mismatched fedxrec versions."""
+
+
+class _FlatRecord:
+    """A frozen dataclass of scalars that travels as a flat Flower record (Config/MetricRecord).
+
+    A field whose default is None is optional: left out of the record when None.
+    """
+
+    KIND: ClassVar[str] = "record"
+
+    def to_record(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_record(cls: type[R], record: Mapping[str, Any]) -> R:
+        values: dict[str, Any] = {}
+        missing = []
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name not in record:
+                if f.default is dataclasses.MISSING:
+                    missing.append(f.name)
+                continue
+            values[f.name] = _typed(cls.KIND, f.name, str(f.type), record[f.name])
+        if missing:
+            raise ProtocolError(
+                f"a {cls.KIND} lacks {missing}: the site and the coordinator run different "
+                "fedxrec versions"
+            )
+        return cls(**values)
+
+
+def _typed(kind: str, name: str, annotation: str, value: Any) -> Any:
+    base = annotation.replace(" | None", "")
+    try:
+        if base == "int":
+            if isinstance(value, bool) or float(value) != int(value):
+                raise ValueError
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if base == "tuple[str, ...]":
+            return tuple(p for p in str(value).split(",") if p) if isinstance(value, str) else ()
+    except (TypeError, ValueError):
+        pass
+    raise ProtocolError(f"a {kind}'s {name} is {value!r}, not a {base}")
 
 
 @dataclass(frozen=True)
-class TrainingRecord:
+class TrainingRecord(_FlatRecord):
     """A site's report of one training round (or of its personalisation).
 
     Aggregates, not covered by DP (README "Privacy guarantee" says so): nothing here is a vector.
     ``users`` is also the site's FedAvg weight.
     """
+
+    KIND: ClassVar[str] = "site's training report"
 
     loss: float  # mean per-user loss over the users sampled
     epsilon: float  # spent so far, this round included (inf without DP)
@@ -34,23 +106,88 @@ class TrainingRecord:
     seconds: float
     ledger_releases: int  # releases in the site's privacy ledger after this one (0 without DP)
 
-    def to_record(self) -> dict[str, float | int]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_record(cls, record: Mapping[str, object]) -> TrainingRecord:
-        """From a MetricRecord or metrics.json entry; a missing field is a protocol error."""
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in record]
-        if missing:
-            raise ValueError(
-                f"a site's training report lacks {missing}: the site and the coordinator run "
-                "different fedxrec versions"
-            )
-        values = {
-            f.name: (int if f.type == "int" else float)(record[f.name])  # type: ignore[call-overload]
-            for f in dataclasses.fields(cls)
-        }
-        return cls(**values)
+@dataclass(frozen=True)
+class TrainInstruction(_FlatRecord):
+    """What a train message tells a site besides the global adapter.
+
+    ``ledger_releases``/``ledger_epsilon``: what the site's privacy ledger showed when it last
+    reported in this federation (None before its first report). A site whose ledger shows less
+    (deleted, rolled back) refuses rather than spend its budget again.
+    """
+
+    KIND: ClassVar[str] = "train instruction"
+
+    server_round: int
+    ledger_releases: int | None = None
+    ledger_epsilon: float | None = None
+
+    @property
+    def expected_ledger(self) -> tuple[int, float] | None:
+        if self.ledger_releases is None or self.ledger_epsilon is None:
+            return None
+        return self.ledger_releases, self.ledger_epsilon
+
+
+@dataclass(frozen=True)
+class PersonalizeInstruction(TrainInstruction):
+    """After the last round: fine-tune the global model on the site's users and keep it there;
+    evaluate it on ``validation_users`` validation users (0 = all) and every test user."""
+
+    KIND: ClassVar[str] = "personalisation instruction"
+
+    validation_users: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateInstruction(_FlatRecord):
+    """Rank ``splits`` with the message's adapter: ``validation_users`` validation users (the first
+    N by ID, 0 = all); the test split always ranks every user."""
+
+    KIND: ClassVar[str] = "evaluate instruction"
+
+    splits: tuple[str, ...]
+    validation_users: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        return {"splits": ",".join(self.splits), "validation_users": self.validation_users}
+
+    def users(self) -> dict[str, int]:
+        """Split → users to rank (0 = all)."""
+        unknown = [s for s in self.splits if s not in SPLITS]
+        if unknown or not self.splits:
+            raise ProtocolError(f"an evaluate instruction names splits {list(self.splits)}")
+        return {s: self.validation_users if s == "validation" else 0 for s in self.splits}
+
+
+@dataclass(frozen=True)
+class SiteInfo(_FlatRecord):
+    """A site's answer to the coordinator's query: which platform this node is."""
+
+    KIND: ClassVar[str] = "site's query reply"
+
+    platform: str
+    users: int
+    items: int
+
+
+class SiteRefusal(enum.IntEnum):
+    """Error codes of a site's refusal; the coordinator reports them by name."""
+
+    BUDGET_EXHAUSTED = 4001  # the site's privacy budget cannot pay for the step asked
+    SITE_FAILED = 4002  # bad data, config, adapter or ledger: the reason says the fix
+
+
+def refusal_text(code: int, reason: str) -> str:
+    """A site's error as the coordinator reports it: what kind of refusal, then the reason."""
+    try:
+        kind = {
+            SiteRefusal.BUDGET_EXHAUSTED: "privacy budget exhausted",
+            SiteRefusal.SITE_FAILED: "site failed",
+        }[SiteRefusal(code)]
+    except ValueError:
+        kind = f"Flower error {code}"
+    return f"{kind}: {reason}"
 
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

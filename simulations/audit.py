@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,10 @@ from clients.federation.training import user_losses
 from shared.adapter import set_adapter_arrays
 from shared.config import FedxrecConfig, add_config_arguments, default_delta, parse_overrides
 from shared.data import PlatformData
-from shared.model import Recommender, build_recommender, pick_device
+from shared.model import Recommender, pick_device, process_recommender
 from simulations.compare.data import load_platforms
-from simulations.inprocess import federate
-from simulations.report import _commit, format_table
+from simulations.inprocess import federate, write_platform_data
+from simulations.report import code_commit, format_table
 
 FPRS = (0.01, 0.001)
 BOOTSTRAP = 500
@@ -72,7 +73,7 @@ def split_members(data: PlatformData, seed: int) -> tuple[PlatformData, list[int
 @torch.no_grad()
 def user_scores(rec: Recommender, data: PlatformData, users: list[int]) -> np.ndarray:
     """The attack's score of each user: minus the model's mean loss on their history's pairs."""
-    vectors = rec.encode_items(data.item_texts)
+    vectors = rec.catalogue_vectors(data.item_texts)
     scores = []
     for start in range(0, len(users), 256):
         batch = build_batch(
@@ -123,7 +124,10 @@ def dp_tpr_bound(epsilon: float, delta: float, fpr: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    started, commit = time.perf_counter(), _commit()  # the code that runs, whatever HEAD becomes
+    started, commit = (
+        time.perf_counter(),
+        code_commit(),
+    )  # the code that runs, whatever HEAD becomes
     cfg = FedxrecConfig.load(args.config)
     cfg = cfg.with_overrides(parse_overrides(args.set))
     if args.data:
@@ -144,16 +148,19 @@ def run(args: argparse.Namespace) -> int:
         "config": cfg.to_flat(),
         "models": {},
     }
+    # The members train in a federation of the product's coordinator and sites; their data is
+    # written as the sites' folders.
+    folders = {m.name: write_platform_data(m, out / "members" / m.name) for m in members}
     for mode, dp in (("dp", True), ("no_dp", False)):
         mode_cfg = cfg.with_overrides({"privacy.enabled": dp})
         print(
             f"fedxrec audit: training on the members, {'DP ε ' + str(cfg.privacy.epsilon) if dp else 'no DP'}",
             flush=True,
         )
-        rec = build_recommender(mode_cfg.model, device=device, seed=mode_cfg.federation.seed)
-        global_arrays, personal = federate(
-            rec, members, mode_cfg, run_id=f"audit-{mode}", log=lambda line: None
-        )
+        with tempfile.TemporaryDirectory(dir=out, prefix=f".audit-{mode}-") as tmp:
+            run = federate(folders, mode_cfg, Path(tmp), on_line=lambda line: None)
+            global_arrays, personal = run.global_adapter(), run.personal_adapters()
+        rec = process_recommender(mode_cfg.model, device=device)
         for model, arrays_of in (
             ("global", lambda name, g=global_arrays: g),
             ("personalized", lambda name, p=personal, g=global_arrays: p.get(name, g)),

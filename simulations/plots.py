@@ -1,15 +1,16 @@
-"""The figures of `fedxrec compare`'s report (matplotlib, Agg backend: no display needed)."""
+"""The figures of `fedxrec compare`'s report.
+
+Drawn with matplotlib's object API (``Figure``, no pyplot): saving a PNG needs no display and
+this module never changes the process's matplotlib backend.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 # (round, mean, std) points of one line
 Curve = list[tuple[int, float, float]]
@@ -18,19 +19,19 @@ Curve = list[tuple[int, float, float]]
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v"), ((0, (1, 3)), "x")]
 
 
-def _save(fig: plt.Figure, path: Path, *, tight: bool = True) -> Path:
+def _save(fig: Figure, path: Path, *, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
-def _grid(count: int) -> tuple[plt.Figure, list[plt.Axes]]:
+def _grid(count: int) -> tuple[Figure, list[Axes]]:
     cols = min(count, 3)
     rows = math.ceil(count / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows + 0.5), squeeze=False)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows + 0.5))
+    axes = fig.subplots(rows, cols, squeeze=False)
     flat = [ax for row in axes for ax in row]
     for ax in flat[count:]:
         ax.set_visible(False)
@@ -93,7 +94,8 @@ def plot_privacy_utility(
     def x_of(eps: float) -> float:
         return eps if math.isfinite(eps) else float(inf_x)
 
-    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    fig = Figure(figsize=(8.4, 4.2))
+    ax = fig.subplots()
     for name, pts in points.items():
         pts = sorted(pts, key=lambda p: x_of(p[0]))
         xs = [x_of(e) for e, _, _ in pts]
@@ -133,7 +135,8 @@ def plot_methods(
     methods = list(values)
     groups = list(dict.fromkeys(p for per in values.values() for p in per))
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(max(7.5, 1.6 * len(groups) + 3.5), 4.2))
+    fig = Figure(figsize=(max(7.5, 1.6 * len(groups) + 3.5), 4.2))
+    ax = fig.subplots()
     for n, method in enumerate(methods):
         xs = [g + (n - (len(methods) - 1) / 2) * width for g in range(len(groups))]
         ys = [values[method].get(p, (math.nan, 0.0))[0] for p in groups]

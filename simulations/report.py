@@ -62,7 +62,7 @@ def format_table(rows: list[list[str]], markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
+def code_commit() -> str:
     """The source commit; FEDXREC_COMMIT names it where the tree has no .git (an image, a copy)."""
     if os.environ.get("FEDXREC_COMMIT"):
         return os.environ["FEDXREC_COMMIT"]
@@ -104,7 +104,7 @@ def render_report(
         f"steps each ({cfg['train.lora_steps']} with LoRA) at an expected batch of "
         f"{cfg['train.batch_size']} users; sequence head over the last {cfg['model.history_items']} "
         f"items; LoRA r={cfg['model.lora_r']} on {cfg['model.target_modules']}; run {log.run_id}; "
-        f"commit {_commit()}; "
+        f"commit {code_commit()}; "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime())}"
         + (f"; {seconds / 60:.1f} min" if seconds else "")
         + ".",

@@ -25,7 +25,7 @@ def split_ranks(
     histories = [h for h, _ in pairs]
     targets = [t for _, t in pairs]
     if item_vectors is None:
-        item_vectors = rec.encode_items(data.item_texts)
+        item_vectors = rec.catalogue_vectors(data.item_texts)
     ranks: list[int] = []
     chunk = 512
     for start in range(0, len(users), chunk):

@@ -24,6 +24,11 @@ class LedgerError(ValueError):
     """The ledger file is unreadable, was edited, or belongs to other data."""
 
 
+class PrivacyBudgetExceeded(RuntimeError):
+    """Training this round would take the site past its ε budget (here, not in privacy.py, so
+    that the ClientApp can catch it without importing Opacus)."""
+
+
 def genesis(platform: str, delta: float, accountant: str) -> str:
     return _digest(["genesis", FORMAT, platform, repr(float(delta)), accountant])
 

@@ -19,16 +19,19 @@ from pathlib import Path
 
 from opacus.accountants import create_accountant
 
-from clients.federation.ledger_file import FORMAT, LedgerError, chain_of, genesis, read_ledger
+from clients.federation.ledger_file import (
+    FORMAT,
+    LedgerError,
+    PrivacyBudgetExceeded,
+    chain_of,
+    genesis,
+    read_ledger,
+)
 from shared.config import default_delta
 
 __all__ = ["LedgerError", "PrivacyBudgetExceeded", "PrivacyLedger", "default_delta"]
 
 LEDGER_FILE = "privacy_ledger.json"
-
-
-class PrivacyBudgetExceeded(RuntimeError):
-    """Training this round would take the site past its ε budget."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ Every other message (Message-API training, evaluation, queries) passes straight 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
@@ -57,15 +57,16 @@ def read_legacy_fit(msg: Message) -> tuple[list[np.ndarray], dict]:
 
 
 def legacy_fit_reply(
-    msg: Message, arrays: dict[str, np.ndarray], num_examples: int, metrics: dict[str, float]
-) -> Message:
+    arrays: dict[str, np.ndarray], num_examples: int, metrics: dict[str, float]
+) -> RecordDict:
+    """The content of a legacy "fitres" reply: what ``secaggplus_mod`` masks and sends."""
     res = FitRes(
         status=Status(Code.OK, ""),
         parameters=to_parameters(arrays),
         num_examples=num_examples,
         metrics=metrics,
     )
-    return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
+    return compat.fitres_to_recorddict(res, keep_input=False)
 
 
 def check_clipping_range(arrays: dict[str, np.ndarray], clipping_range: float) -> None:

@@ -30,9 +30,32 @@ class Site:
     keep_updates: bool = False
 
     def load_data(self, cfg: FedxrecConfig) -> PlatformData:
-        return load_platform(
-            self.data_path, self.platform, min_user_interactions=cfg.data.min_user_interactions
-        )
+        """The site's validated data; read again only when its files changed (one process that
+        answers many messages reads a platform once)."""
+        minimum = cfg.data.min_user_interactions
+        key = (str(self.data_path.resolve()), self.platform, minimum, _files_state(self.data_path))
+        if key not in _LOADED:
+            if len(_LOADED) >= MAX_LOADED:
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[key] = load_platform(
+                self.data_path, self.platform, min_user_interactions=minimum
+            )
+        return _LOADED[key]
+
+
+MAX_LOADED = 16  # platforms one process keeps in memory
+_LOADED: dict[tuple, PlatformData] = {}
+
+
+def _files_state(folder: Path) -> tuple:
+    """What would change if a file of the platform folder did: names, sizes, times."""
+    try:
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return ()
+    return tuple(
+        (e.name, st.st_size, st.st_mtime_ns) for e in entries if e.is_file() for st in [e.stat()]
+    )
 
 
 def site_from_node_config(node_config: dict[str, Any], cfg: FedxrecConfig) -> Site:

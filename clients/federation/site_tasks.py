@@ -24,8 +24,8 @@ from clients.federation.site import Site
 from shared.adapter import get_adapter_arrays, save_adapter, set_adapter_arrays
 from shared.config import FedxrecConfig
 from shared.data import PlatformData
-from shared.model import Recommender, build_recommender, pick_device, resolve_encoder
-from shared.records import TrainingRecord
+from shared.model import Recommender, pick_device, process_recommender, resolve_encoder
+from shared.records import PersonalizeInstruction, TrainingRecord, TrainInstruction
 
 Adapter = OrderedDict[str, np.ndarray]
 LOCK_FILE = "training.lock"
@@ -40,10 +40,13 @@ class TrainedRound:
 def load_model(
     cfg: FedxrecConfig, adapter: dict[str, np.ndarray] | Sequence[np.ndarray]
 ) -> Recommender:
-    """The base encoder with the coordinator's adapter, given by name or in state-dict order."""
+    """The base encoder with the coordinator's adapter, given by name or in state-dict order.
+
+    The encoder is loaded once per process (``process_recommender``); the adapter is set anew.
+    """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    rec = build_recommender(cfg.model, device=pick_device(cfg.train.device))
+    rec = process_recommender(cfg.model, device=pick_device(cfg.train.device))
     if not isinstance(adapter, dict):  # legacy messages carry an unnamed list
         adapter = dict(zip(get_adapter_arrays(rec), adapter, strict=False))
     set_adapter_arrays(rec, adapter)
@@ -54,28 +57,27 @@ def train_site(
     cfg: FedxrecConfig,
     site: Site,
     adapter: dict[str, np.ndarray] | Sequence[np.ndarray],
+    instruction: TrainInstruction,
     *,
-    server_round: int,
     run_id: str,
-    expected_ledger: tuple[int, float] | None = None,
 ) -> TrainedRound:
     """One round of DP-SGD on the site's users, spending from its privacy ledger on disk.
 
     A SuperNode may run ClientApps of several runs at once (a resumed federation while the killed
     one's last message is still being served): one training at a time per site, so no two
-    processes read, extend and write the ledger over each other. ``expected_ledger`` is what
-    the coordinator remembers this site reported (releases, ε): a ledger showing less is refused.
+    processes read, extend and write the ledger over each other.
     """
+    server_round = instruction.server_round
     with _exclusive(site.state_dir / LOCK_FILE):
         print(f"[fedxrec] {site.platform}: training round {server_round}", flush=True)
         rec, _, result = _train(
             cfg,
             site,
             adapter,
+            instruction,
             run_id=run_id,
             server_round=server_round,
             rounds_left=cfg.federation.rounds - server_round + 1,
-            expected_ledger=expected_ledger,
         )
         trained = get_adapter_arrays(rec)
         if site.keep_updates:
@@ -93,9 +95,9 @@ def personalize_site(
     cfg: FedxrecConfig,
     site: Site,
     adapter: dict[str, np.ndarray],
+    instruction: PersonalizeInstruction,
     *,
     run_id: str,
-    eval_users: int,
 ) -> tuple[TrainingRecord, dict[str, dict[str, float]]]:
     """Fine-tune the final global model on the site's own users (DP, from the same budget), keep
     it on the site's disk (``state-dir/personal``, an adapter folder `fedxrec rank` takes) and
@@ -109,8 +111,9 @@ def personalize_site(
             cfg,
             site,
             adapter,
+            instruction,
             run_id=run_id,
-            server_round=cfg.federation.rounds + 1,  # the personalisation release
+            server_round=instruction.server_round,  # the personalisation release
             rounds_left=0,
             steps=cfg.train.personalize_steps,
             lora_steps=0,
@@ -122,14 +125,15 @@ def personalize_site(
             base_model=resolve_encoder(cfg.model.encoder),
             metadata={"personalized": True, "run_id": run_id, "users": result.users},
         )
-    return result, _evaluate(rec, data, {"validation": eval_users, "test": 0})
+    users = {"validation": instruction.validation_users, "test": 0}
+    return result, _evaluate(rec, data, users)
 
 
 def _train(
     cfg: FedxrecConfig,
     site: Site,
     adapter: dict[str, np.ndarray] | Sequence[np.ndarray],
-    expected_ledger: tuple[int, float] | None = None,
+    instruction: TrainInstruction,
     **round_settings: object,
 ) -> tuple[Recommender, PlatformData, TrainingRecord]:
     """The site's model and data, trained in place by DP-SGD paid from its ledger."""
@@ -138,8 +142,8 @@ def _train(
     rec = load_model(cfg, adapter)
     data = site.load_data(cfg)
     ledger = _ledger(cfg, site, data.num_users)
-    if ledger is not None and expected_ledger is not None:
-        ledger.check_expected(*expected_ledger)
+    if ledger is not None and instruction.expected_ledger is not None:
+        ledger.check_expected(*instruction.expected_ledger)
     result = train_round(
         rec,
         data,
@@ -186,13 +190,13 @@ def evaluate_site(
     return _evaluate(load_model(cfg, adapter), site.load_data(cfg), users)
 
 
-def _evaluate(rec: Recommender, data, users: dict[str, int]) -> dict[str, dict[str, float]]:
-    items = rec.encode_items(data.item_texts)  # once for every split
+def _evaluate(
+    rec: Recommender, data: PlatformData, users: dict[str, int]
+) -> dict[str, dict[str, float]]:
+    items = rec.catalogue_vectors(data.item_texts)  # once for every split
     results = {}
     for split, limit in users.items():
         # The first N users by ID: a fixed sample (MovieLens platforms list users in random order).
         chosen = list(range(min(limit or data.num_users, data.num_users)))
-        metrics = evaluate_split(rec, data, split, users=chosen, item_vectors=items)
-        metrics["num-examples"] = metrics.pop("users")
-        results[split] = metrics
+        results[split] = evaluate_split(rec, data, split, users=chosen, item_vectors=items)
     return results

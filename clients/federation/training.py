@@ -307,7 +307,7 @@ def train_round(
     rng = random.Random(f"{tc.seed}:{run_id}:{server_round}:{data.name}")
     noise_rng = torch.Generator(device=rec.device).manual_seed(rng.randrange(2**62))
     if item_vectors is None:
-        item_vectors = rec.encode_items(data.item_texts)  # the round's frozen global model
+        item_vectors = rec.catalogue_vectors(data.item_texts)  # the round's frozen global model
     head_params = list(rec.head.parameters())
     lora_params = [p for p in rec.model.parameters() if p.requires_grad]
     groups = [{"params": head_params, "lr": tc.learning_rate}]

@@ -36,12 +36,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from shared.config import add_config_arguments
-from shared.model import pick_device
-from simulations.compare.data import load_platforms
-from simulations.compare.figures import make_plots
 from simulations.compare.plan import (
     DEFAULT_EPSILONS,
     DEFAULT_SEEDS,
@@ -53,10 +48,8 @@ from simulations.compare.plan import (
     compare_plan,
     resolve_unseen,
 )
-from simulations.compare.report import method_rows, render_report
-from simulations.compare.results import build_results, load_previous_runs, write_json
-from simulations.compare.runner import Experiment, RecFactory, default_recommender_factory
-from simulations.report import format_table
+
+WORK_DIR = ".federations"  # where the comparison's federations run (removed when it is done)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +104,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def write_outputs(exp: Experiment, out: Path, *, complete: bool) -> dict[str, Any]:
+def write_outputs(exp: Any, out: Path, *, complete: bool) -> Any:
+    """results.json, report.md and the plots of the runs so far; returns the results."""
+    from simulations.compare.figures import make_plots
+    from simulations.compare.report import render_report
+    from simulations.compare.results import build_results, write_json
+
     results = build_results(exp, complete=complete)
     plots = make_plots(results, out / "plots") if exp.runs else {}
     (out / "report.md").write_text(render_report(results, plots))
@@ -119,7 +117,16 @@ def write_outputs(exp: Experiment, out: Path, *, complete: bool) -> dict[str, An
     return results
 
 
-def run(args: argparse.Namespace, make_rec: RecFactory | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
+    # the comparison's machinery; building the parser (`fedxrec --help`) needs none of it
+    import torch
+
+    from simulations.compare.data import load_platforms
+    from simulations.compare.report import method_rows
+    from simulations.compare.results import load_previous_runs
+    from simulations.compare.runner import Experiment
+    from simulations.report import format_table
+
     plan = compare_plan(args)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -137,26 +144,29 @@ def run(args: argparse.Namespace, make_rec: RecFactory | None = None) -> int:
         plan, unseen=resolve_unseen(plan.unseen, [p.name for p in platforms])
     )
     previous = load_previous_runs(out / "results.json", plan, platforms) if args.resume else []
+    work = out / WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)  # a stopped comparison's unfinished federation
     exp = Experiment(
         plan,
         platforms,
-        make_rec or default_recommender_factory(plan.cfg),
+        {p.name: out / "platforms" / p.name for p in platforms},
+        work,
         log=lambda line: print(line, flush=True),
         on_run=lambda e: write_outputs(e, out, complete=False),
         command=command_line(args),
-        device=str(pick_device(plan.cfg.train.device)),
         previous_runs=previous,
     )
     exp.run()
+    shutil.rmtree(work, ignore_errors=True)
     results = write_outputs(exp, out, complete=True)
     print()
     print(format_table(method_rows(results, None)))
     print()
-    for t in results["targets"]:
-        state = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
-        print(f"  [{state}] {t['target']}: {t['detail']}")
+    for t in results.targets:
+        state = {True: "met", False: "MISSED", None: "n/a"}[t.met]
+        print(f"  [{state}] {t.target}: {t.detail}")
     print(
-        f"\nfedxrec compare: done in {results['seconds'] / 60:.1f} min. Report: {out / 'report.md'};"
+        f"\nfedxrec compare: done in {results.seconds / 60:.1f} min. Report: {out / 'report.md'};"
         f" every figure: {out / 'results.json'}"
     )
     return 0

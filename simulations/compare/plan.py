@@ -12,8 +12,8 @@ from typing import Any
 
 from shared.config import ConfigError, FedxrecConfig, parse_overrides
 from shared.data import PlatformData
+from simulations.compare.records import Method
 
-SCHEMA_VERSION = 2
 COLD_USER_MAX_INTERACTIONS = 5  # a user with at most this many interactions on the platform
 COLD_ITEM_MAX_TRAINING = 5  # a test item with at most this many training interactions
 DEFAULT_SEEDS = 3
@@ -28,7 +28,6 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "train.lora_items": 1,
 }
 QUICK_EPSILONS = "8,inf"
-SLICES = ("all", "cold_users", "cold_items")
 OUTPUTS = ("platforms", "plots", "results.json", "report.md")
 # The non-private references (centralized, federated without DP) train with their own settings,
 # chosen for the centralized model on the validation split (docs/experiments/ml-100k-recipe.md):
@@ -42,69 +41,75 @@ NO_DP_OVERRIDES: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class Method:
+class MethodSpec:
     label: str
     trained_on: str
     privacy: str
 
 
-# Summary order; "federated_eps" holds the other ε of the privacy–utility sweep.
-METHODS: OrderedDict[str, Method] = OrderedDict(
+M = Method
+# Summary order; FEDERATED_EPS holds the other ε of the privacy–utility sweep.
+METHODS: OrderedDict[Method, MethodSpec] = OrderedDict(
     [
-        ("popularity", Method("Popularity", "own platform", "none (counts)")),
-        ("itemknn", Method("ItemKNN", "own platform", "none (co-occurrence)")),
-        ("ease", Method("EASE", "own platform", "none (co-occurrence)")),
-        ("zero_shot", Method("Zero-shot encoder", "nothing", "nothing learned")),
-        ("local_only", Method("Local-only (DP)", "own platform alone", "DP ε={eps}")),
-        ("federated_dp", Method("Federated (DP)", "all platforms, adapters only", "DP ε={eps}")),
+        (M.POPULARITY, MethodSpec("Popularity", "own platform", "none (counts)")),
+        (M.ITEMKNN, MethodSpec("ItemKNN", "own platform", "none (co-occurrence)")),
+        (M.EASE, MethodSpec("EASE", "own platform", "none (co-occurrence)")),
+        (M.ZERO_SHOT, MethodSpec("Zero-shot encoder", "nothing", "nothing learned")),
+        (M.LOCAL_ONLY, MethodSpec("Local-only (DP)", "own platform alone", "DP ε={eps}")),
         (
-            "federated_dp_personalized",
-            Method("Federated + personalised (DP)", "all, then own platform", "DP ε={eps}"),
+            M.FEDERATED_DP,
+            MethodSpec("Federated (DP)", "all platforms, adapters only", "DP ε={eps}"),
         ),
         (
-            "federated_dp_head_only",
-            Method("Federated, head only (DP)", "all platforms, head only", "DP ε={eps}"),
-        ),
-        ("federated_no_dp", Method("Federated (no DP)", "all platforms, adapters only", "none")),
-        ("centralized", Method("Centralized (no DP)", "all platforms pooled", "none")),
-        (
-            "federated_unseen",
-            Method("Federated without it (DP)", "the other platforms", "DP ε={eps}"),
+            M.FEDERATED_DP_PERSONALIZED,
+            MethodSpec("Federated + personalised (DP)", "all, then own platform", "DP ε={eps}"),
         ),
         (
-            "federated_eps",
-            Method("Federated + personalised (DP, ε sweep)", "all, then own platform", "DP"),
+            M.FEDERATED_DP_HEAD_ONLY,
+            MethodSpec("Federated, head only (DP)", "all platforms, head only", "DP ε={eps}"),
+        ),
+        (
+            M.FEDERATED_NO_DP,
+            MethodSpec("Federated (no DP)", "all platforms, adapters only", "none"),
+        ),
+        (M.CENTRALIZED, MethodSpec("Centralized (no DP)", "all platforms pooled", "none")),
+        (
+            M.FEDERATED_UNSEEN,
+            MethodSpec("Federated without it (DP)", "the other platforms", "DP ε={eps}"),
+        ),
+        (
+            M.FEDERATED_EPS,
+            MethodSpec("Federated + personalised (DP, ε sweep)", "all, then own platform", "DP"),
         ),
     ]
 )
 # The site's final ranking: these models fused with the site's own collaborative signals
 # (clients/scorer/fusion.py), weights fitted on each platform's validation split.
-HYBRID_SUFFIX = "+local"
 HYBRID_METHODS = (
-    "zero_shot",
-    "local_only",
-    "federated_dp",
-    "federated_dp_personalized",
-    "centralized",
+    M.ZERO_SHOT,
+    M.LOCAL_ONLY,
+    M.FEDERATED_DP,
+    M.FEDERATED_DP_PERSONALIZED,
+    M.CENTRALIZED,
 )
 for _method in HYBRID_METHODS:
     _spec = METHODS[_method]
-    METHODS[_method + HYBRID_SUFFIX] = Method(
+    METHODS[_method.with_local] = MethodSpec(
         f"{_spec.label} + local signals",
         f"{_spec.trained_on}; site's own counts",
         f"model: {_spec.privacy}; counts: the site's own",
     )
 # The methods that train (one run per seed each; baselines and the zero-shot encoder always run).
 TRAINED_METHODS = (
-    "federated_dp",
-    "local_only",
-    "federated_dp_head_only",
-    "federated_no_dp",
-    "centralized",
-    "federated_unseen",
-    "federated_eps",
+    M.FEDERATED_DP,
+    M.LOCAL_ONLY,
+    M.FEDERATED_DP_HEAD_ONLY,
+    M.FEDERATED_NO_DP,
+    M.CENTRALIZED,
+    M.FEDERATED_UNSEEN,
+    M.FEDERATED_EPS,
 )
-CURVE_METHODS = ("federated_dp", "federated_no_dp", "local_only", "centralized", "federated_unseen")
+CURVE_METHODS = (M.FEDERATED_DP, M.FEDERATED_NO_DP, M.LOCAL_ONLY, M.CENTRALIZED, M.FEDERATED_UNSEEN)
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class ComparePlan:
     epsilons: list[float]  # the privacy–utility sweep; inf = no DP
     unseen: str | None  # platform left out of the "unseen platform" federation (None: no such run)
     quick: bool = False
-    methods: tuple[str, ...] = TRAINED_METHODS  # the training methods run (--methods)
+    methods: tuple[Method, ...] = TRAINED_METHODS  # the training methods run (--methods)
 
     @property
     def curve_users(self) -> int:
@@ -130,7 +135,7 @@ class ComparePlan:
         """Every ε the federation runs at: the sweep, the product's, and ∞ (no DP)."""
         return sorted(set(self.epsilons) | {self.product_epsilon, math.inf})
 
-    def config_for(self, seed: int, epsilon: float, method: str = "") -> FedxrecConfig:
+    def config_for(self, seed: int, epsilon: float, method: Method | None = None) -> FedxrecConfig:
         """The product's settings at ``epsilon`` (∞ = no DP: the non-private settings), with the
         method's own changes: the head-only ablation trains no LoRA; the unseen platform's
         federation plans no personalisation (the platform it is tested on never trains)."""
@@ -143,9 +148,9 @@ class ComparePlan:
         }
         if not dp:
             changes.update(NO_DP_OVERRIDES)
-        if method == "federated_dp_head_only":
+        if method == M.FEDERATED_DP_HEAD_ONLY:
             changes["train.lora_steps"] = 0
-        if method == "federated_unseen":  # its held-out platform never trains
+        if method == M.FEDERATED_UNSEEN:  # its held-out platform never trains
             changes["train.personalize_steps"] = 0
         return self.cfg.with_overrides(changes)
 
@@ -172,7 +177,7 @@ def parse_epsilons(text: str) -> list[float]:
     return sorted(set(values))
 
 
-def parse_methods(text: str | None) -> tuple[str, ...]:
+def parse_methods(text: str | None) -> tuple[Method, ...]:
     """--methods: a comma-separated subset of TRAINED_METHODS (None: all of them)."""
     if text is None:
         return TRAINED_METHODS
@@ -194,11 +199,11 @@ def spent_text(eps: float) -> str:
     return f"{eps:.2f}" if math.isfinite(eps) else "∞"
 
 
-def run_key(method: str, seed: int | None, epsilon: float | None) -> str:
+def run_key(method: Method, seed: int | None, epsilon: float | None) -> str:
     """A run's name in results.json and in the progress lines, e.g. 'federated_dp/seed0'."""
     if seed is None:
-        return method
-    if method == "federated_eps":
+        return str(method)
+    if method == M.FEDERATED_EPS:
         return f"federated_eps{eps_text(epsilon if epsilon is not None else math.inf)}/seed{seed}"
     return f"{method}/seed{seed}"
 
@@ -257,25 +262,25 @@ def resolve_unseen(requested: str | None, names: list[str]) -> str | None:
 
 def unseen_runs(plan: ComparePlan, platforms: list[PlatformData]) -> bool:
     """Whether the comparison runs a federation without the unseen platform."""
-    return plan.unseen is not None and len(platforms) >= 2 and "federated_unseen" in plan.methods
+    return plan.unseen is not None and len(platforms) >= 2 and M.FEDERATED_UNSEEN in plan.methods
 
 
 def seed_plan(
     plan: ComparePlan, platforms: list[PlatformData]
-) -> list[tuple[str, float, list[PlatformData]]]:
+) -> list[tuple[Method, float, list[PlatformData]]]:
     """(method, ε, platforms trained) of every training run of one seed, in running order."""
     product = plan.product_epsilon
     runs = [
-        ("federated_dp", product, platforms),
-        ("local_only", product, platforms),
-        ("federated_dp_head_only", product, platforms),
-        ("federated_no_dp", math.inf, platforms),
-        ("centralized", math.inf, platforms),
+        (M.FEDERATED_DP, product, platforms),
+        (M.LOCAL_ONLY, product, platforms),
+        (M.FEDERATED_DP_HEAD_ONLY, product, platforms),
+        (M.FEDERATED_NO_DP, math.inf, platforms),
+        (M.CENTRALIZED, math.inf, platforms),
     ]
     if unseen_runs(plan, platforms):
-        runs.append(("federated_unseen", product, [p for p in platforms if p.name != plan.unseen]))
+        runs.append((M.FEDERATED_UNSEEN, product, [p for p in platforms if p.name != plan.unseen]))
     runs += [
-        ("federated_eps", eps, platforms)
+        (M.FEDERATED_EPS, eps, platforms)
         for eps in plan.federated_epsilons
         if eps != product and math.isfinite(eps)
     ]

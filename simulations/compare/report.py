@@ -2,87 +2,86 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from shared.metrics import METRIC_NAMES
-from simulations.compare.plan import HYBRID_SUFFIX, METHODS, TRAINED_METHODS, eps_text
-from simulations.compare.targets import product_method, stat
+from simulations.compare.plan import METHODS, TRAINED_METHODS, eps_text
+from simulations.compare.records import ComparisonResults, Method, Stat
+from simulations.compare.records import mean_ndcg as stat
+from simulations.compare.targets import product_method
 from simulations.report import format_table
 
+M = Method
 
-def _cell(stat: dict[str, float] | None) -> str:
+
+def _cell(stat: Stat | None) -> str:
     if not stat:
         return "—"
-    if stat["n"] > 1:
-        return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
-    return f"{stat['mean']:.4f}"
+    if stat.n > 1:
+        return f"{stat.mean:.4f} ± {stat.std:.4f}"
+    return f"{stat.mean:.4f}"
 
 
-def _privacy_text(method: str, results: dict[str, Any]) -> str:
-    return METHODS[method].privacy.format(eps=eps_text(results["product_epsilon"]))
+def _privacy_text(method: Method, results: ComparisonResults) -> str:
+    return METHODS[method].privacy.format(eps=eps_text(results.product_epsilon))
 
 
-def method_rows(results: dict[str, Any], platform: str | None, slice_name: str = "all"):
+def method_rows(results: ComparisonResults, platform: str | None, slice_name: str = "all"):
     rows = [["method", "trained on", "privacy", *METRIC_NAMES]]
     for method, spec in METHODS.items():
-        if method == "federated_eps" or method not in results["summary"]:
+        entry = results.summary.get(method)
+        if method == M.FEDERATED_EPS or entry is None:
             continue
-        if platform is None and method == "federated_unseen":  # one platform: its own section
+        if platform is None and method == M.FEDERATED_UNSEEN:  # one platform: its own section
             continue
-        entry = results["summary"][method]
-        cell = entry["mean"] if platform is None else entry["platforms"].get(platform)
-        if cell is None:
+        if platform is not None and platform not in entry.platforms:
             continue
-        stats = cell.get(slice_name, {})
         rows.append(
             [spec.label, spec.trained_on, _privacy_text(method, results)]
-            + [_cell(stats.get(k)) for k in METRIC_NAMES]
+            + [_cell(entry.stat(platform, slice_name, k)) for k in METRIC_NAMES]
         )
     return rows
 
 
-def _slice_rows(results: dict[str, Any], slice_name: str) -> list[list[str]]:
-    names = list(results["platforms"])
-    counts = {n: len(results["platforms"][n]["slices"][slice_name]) for n in names}
+def _slice_rows(results: ComparisonResults, slice_name: str) -> list[list[str]]:
+    names = results.names
+    counts = {n: len(results.platforms[n].slices[slice_name]) for n in names}
     rows = [["method", *[f"{n} ({counts[n]} users)" for n in names], "platform mean"]]
     for method, spec in METHODS.items():
-        entry = results["summary"].get(method)
-        if method in ("federated_eps", "federated_unseen") or entry is None:
+        entry = results.summary.get(method)
+        if method in (M.FEDERATED_EPS, M.FEDERATED_UNSEEN) or entry is None:
             continue
-        cells = [
-            _cell(entry["platforms"].get(n, {}).get(slice_name, {}).get("ndcg@10")) for n in names
-        ]
-        rows.append([spec.label, *cells, _cell(entry["mean"].get(slice_name, {}).get("ndcg@10"))])
+        cells = [_cell(entry.stat(n, slice_name)) for n in names]
+        rows.append([spec.label, *cells, _cell(entry.stat(None, slice_name))])
     return rows
 
 
-def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
-    names = list(results["platforms"])
-    eps = eps_text(results["product_epsilon"])
-    machine = results["machine"]
+def render_report(results: ComparisonResults, plots: dict[str, str]) -> str:
+    names = results.names
+    eps = eps_text(results.product_epsilon)
+    machine = results.machine
     platforms_text = ", ".join(
-        f"{n} ({p['users']} users, {p['items']} items, {p['interactions']} interactions)"
-        for n, p in results["platforms"].items()
+        f"{n} ({p.users} users, {p.items} items, {p.interactions} interactions)"
+        for n, p in results.platforms.items()
     )
-    deltas = ", ".join(f"{n} {d:.1e}" for n, d in results["delta"].items()) or "—"
-    cfg = results["config"]
+    deltas = ", ".join(f"{n} {d:.1e}" for n, d in results.delta.items()) or "—"
+    cfg = results.config
+    privacy = results.privacy
     lines = [
-        "# fedxrec comparison report" + ("" if results["complete"] else " (INCOMPLETE)"),
+        "# fedxrec comparison report" + ("" if results.complete else " (INCOMPLETE)"),
         "",
-        f"- Data set: **{results['dataset']}**; platforms: {platforms_text}.",
-        f"- Split: {results['split']}; {results['protocol']}.",
-        f"- Seeds: {results['seeds']} (training and adapter initialisation; the platforms are the "
+        f"- Data set: **{results.dataset}**; platforms: {platforms_text}.",
+        f"- Split: {results.split}; {results.protocol}.",
+        f"- Seeds: {results.seeds} (training and adapter initialisation; the platforms are the "
         f"same for every seed: data seed {cfg['data.seed']}). ± is the standard deviation over "
         "seeds; methods without one (popularity, ItemKNN, zero-shot) are deterministic.",
         f"- Privacy: user-level (ε, δ)-DP per platform over the whole federation; product ε = "
-        f"{eps}, sweep ε ∈ {{{', '.join(eps_text(e) for e in results['epsilons'])}}}, δ = "
-        f"{deltas}, accountant {results['privacy']['accountant']}, clip "
-        f'{results["privacy"]["max_grad_norm"]}. The "+ local signals" rankings fuse '
+        f"{eps}, sweep ε ∈ {{{', '.join(eps_text(e) for e in results.epsilons)}}}, δ = "
+        f"{deltas}, accountant {privacy['accountant']}, clip "
+        f'{privacy["max_grad_norm"]}. The "+ local signals" rankings fuse '
         + (
             f"counts made user-level DP with the site's own ε = "
-            f"{results['privacy']['local_epsilon']:g} (at most "
-            f"{results['privacy']['local_max_items']} items per user)."
-            if results["privacy"].get("local_epsilon")
+            f"{privacy['local_epsilon']:g} (at most "
+            f"{privacy['local_max_items']} items per user)."
+            if privacy.get("local_epsilon")
             else "the site's exact counts (its own data, never sent)."
         ),
         f"- Training: {cfg['federation.rounds']} rounds of {cfg['train.steps']} steps "
@@ -92,12 +91,12 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"{cfg['model.history_items']} items, LoRA r={cfg['model.lora_r']} on "
         f"{cfg['model.target_modules']}, encoder {cfg['model.encoder'] or 'all-MiniLM-L6-v2'}, "
         f"max users/platform {cfg['data.max_users'] or 'all'}"
-        + (" (**--quick subset**)" if results["quick"] else "")
+        + (" (**--quick subset**)" if results.quick else "")
         + ".",
-        f"- Run: commit {results['commit']}, {results['created']}, {results['seconds'] / 60:.1f} "
+        f"- Run: commit {results.commit}, {results.created}, {results.seconds / 60:.1f} "
         f"min on {machine['processor']} ({machine['cpu_count']} CPUs, device {machine['device']}, "
         f"load average {machine['load_average']}).",
-        f"- Command: `{results['command']}`",
+        f"- Command: `{results.command}`",
         "",
         "## Methods side by side (test, mean over platforms)",
         "",
@@ -107,9 +106,9 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
     if "methods" in plots:
         lines += [f"![test NDCG@10 per method and platform]({plots['methods']})", ""]
     lines += ["## Targets", ""]
-    for t in results["targets"]:
-        state = {True: "**met**", False: "**missed**", None: "not computable"}[t["met"]]
-        lines.append(f"- {state}: {t['target']} — {t['detail']}")
+    for t in results.targets:
+        state = {True: "**met**", False: "**missed**", None: "not computable"}[t.met]
+        lines.append(f"- {state}: {t.target} — {t.detail}")
     lines += ["", *observations(results), ""]
     for n in names:
         lines += [
@@ -121,49 +120,49 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
     lines += [
         "## Slices (test NDCG@10)",
         "",
-        f"Cold users: {results['slices']['cold_users']}.",
+        f"Cold users: {results.slices['cold_users']}.",
         "",
         format_table(_slice_rows(results, "cold_users"), markdown=True),
         "",
-        f"Cold items: {results['slices']['cold_items']}.",
+        f"Cold items: {results.slices['cold_items']}.",
         "",
         format_table(_slice_rows(results, "cold_items"), markdown=True),
         "",
     ]
-    unseen = results["unseen_platform"]
+    unseen = results.unseen_platform
     if unseen:
         lines += [
-            f"## Unseen platform: {unseen['platform']}",
+            f"## Unseen platform: {unseen.platform}",
             "",
-            f"The federation of {', '.join(unseen['trained_on'])} (DP, ε={eps}) never saw "
-            f"{unseen['platform']}; its adapter ranks {unseen['platform']}'s catalogue from text "
-            f"alone, against the untuned encoder and against {unseen['platform']}'s own "
+            f"The federation of {', '.join(unseen.trained_on)} (DP, ε={eps}) never saw "
+            f"{unseen.platform}; its adapter ranks {unseen.platform}'s catalogue from text "
+            f"alone, against the untuned encoder and against {unseen.platform}'s own "
             "local-only model (test).",
             "",
         ]
         rows = [["method", *METRIC_NAMES]]
         order = (
-            "federated_unseen",
-            "zero_shot",
-            "local_only",
-            "federated_dp",
-            "popularity",
-            "itemknn",
+            M.FEDERATED_UNSEEN,
+            M.ZERO_SHOT,
+            M.LOCAL_ONLY,
+            M.FEDERATED_DP,
+            M.POPULARITY,
+            M.ITEMKNN,
         )
         for m in order:
-            stats = unseen["methods"].get(m)
-            if stats and stats.get("users"):
-                label = METHODS[m].label + (" (trained with it)" if m == "federated_dp" else "")
-                rows.append([label, *[_cell(stats.get(k)) for k in METRIC_NAMES]])
+            cell = unseen.methods.get(m)
+            if cell and cell.users:
+                label = METHODS[m].label + (" (trained with it)" if m == M.FEDERATED_DP else "")
+                rows.append([label, *[_cell(cell.metrics.get(k)) for k in METRIC_NAMES]])
         lines += [format_table(rows, markdown=True), ""]
     lines += ["## Privacy–utility (federated, test NDCG@10)", ""]
     rows = [["ε", *[f"σ {n}" for n in names], *[f"NDCG@10 {n}" for n in names], "mean"]]
-    for point in results["privacy_utility"]:
+    for point in results.privacy_utility:
         rows.append(
-            [eps_text(point["epsilon"])]
-            + [f"{point['noise_multiplier'][n]:.3f}" for n in names]
-            + [_cell(point["ndcg@10"][n]) for n in names]
-            + [_cell(point["mean_ndcg@10"])]
+            [eps_text(point.epsilon)]
+            + [f"{point.noise_multiplier[n]:.3f}" for n in names]
+            + [_cell(point.ndcg[n]) for n in names]
+            + [_cell(point.mean_ndcg)]
         )
     lines += [
         "σ is the noise multiplier each platform needed to stay within ε over all rounds "
@@ -178,7 +177,7 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         "## Per round",
         "",
         "Validation NDCG@10 per round on the first "
-        f"{results['curve_users'] or 'all'} users of each platform (federation.eval_users, as "
+        f"{results.curve_users or 'all'} users of each platform (federation.eval_users, as "
         "`fedxrec simulate` does; round 0 = the untuned encoder), and ε spent per round, mean "
         "over seeds.",
         "",
@@ -204,20 +203,20 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def observations(results: dict[str, Any]) -> list[str]:
+def observations(results: ComparisonResults) -> list[str]:
     """Plain statements of what the numbers show (the report must explain, not only list)."""
-    summary = results["summary"]
-    names = list(results["platforms"])
+    summary = results.summary
+    names = results.names
     lines = ["### What the numbers show", ""]
 
-    def mean_of(method: str, slice_name: str = "all") -> float | None:
+    def mean_of(method: Method, slice_name: str = "all") -> float | None:
         return stat(summary, method, None, slice_name)
 
     ranked = sorted(
         (
             (m, v)
             for m in METHODS
-            if m not in ("federated_eps", "federated_unseen") and (v := mean_of(m)) is not None
+            if m not in (M.FEDERATED_EPS, M.FEDERATED_UNSEEN) and (v := mean_of(m)) is not None
         ),
         key=lambda x: -x[1],
     )
@@ -227,14 +226,14 @@ def observations(results: dict[str, Any]) -> list[str]:
             + ", ".join(f"{METHODS[m].label} {v:.4f}" for m, v in ranked)
             + "."
         )
-    dp, no_dp = mean_of("federated_dp"), mean_of("federated_no_dp")
+    dp, no_dp = mean_of(M.FEDERATED_DP), mean_of(M.FEDERATED_NO_DP)
     if dp is not None and no_dp:
         lines.append(
-            f"- The price of privacy at ε={eps_text(results['product_epsilon'])}: federated DP "
+            f"- The price of privacy at ε={eps_text(results.product_epsilon)}: federated DP "
             f"keeps {dp / no_dp:.0%} of the non-private federation's NDCG@10 ({dp:.4f} vs "
             f"{no_dp:.4f})."
         )
-    zero = mean_of("zero_shot")
+    zero = mean_of(M.ZERO_SHOT)
     if dp is not None and zero:
         lines.append(
             f"- Fine-tuning (federated DP) vs the untuned encoder: {dp:.4f} vs {zero:.4f} "
@@ -243,19 +242,19 @@ def observations(results: dict[str, Any]) -> list[str]:
     if dp is not None and zero is not None and abs(dp - zero) < 1e-3:
         sigmas = [
             v
-            for point in results["privacy_utility"]
-            if point["epsilon"] == results["product_epsilon"]
-            for v in point["noise_multiplier"].values()
+            for point in results.privacy_utility
+            if point.epsilon == results.product_epsilon
+            for v in point.noise_multiplier.values()
         ]
         noise = f" (noise multiplier up to {max(sigmas):.2f})" if sigmas else ""
         lines.append(
             "- Federated DP ranks within 0.001 NDCG@10 of the untuned encoder: under DP"
             f"{noise} the adapter barely moved from its start in "
-            f"{results['config']['federation.rounds']} rounds; more rounds, users or a larger "
+            f"{results.config['federation.rounds']} rounds; more rounds, users or a larger "
             "learning rate are what would change that."
         )
     best_baseline = max(
-        ((m, v) for m in ("popularity", "itemknn", "ease") if (v := mean_of(m)) is not None),
+        ((m, v) for m in (M.POPULARITY, M.ITEMKNN, M.EASE) if (v := mean_of(m)) is not None),
         key=lambda x: x[1],
         default=None,
     )
@@ -267,18 +266,15 @@ def observations(results: dict[str, Any]) -> list[str]:
             f"- The strongest counting baseline is {METHODS[m].label} ({v:.4f}); "
             f"{METHODS[product].label} alone is {'above' if ours > v else 'below'} it ({ours:.4f})"
             + (
-                f", the site's final ranking ({METHODS[product + HYBRID_SUFFIX].label}) "
+                f", the site's final ranking ({METHODS[product.with_local].label}) "
                 f"{'above' if hybrid > v else 'below'} it ({hybrid:.4f})."
-                if (hybrid := mean_of(product + HYBRID_SUFFIX)) is not None
+                if (hybrid := mean_of(product.with_local)) is not None
                 else "."
             )
         )
-    fed_std = [
-        summary["federated_dp"]["platforms"][n]["all"]["ndcg@10"]["std"]
-        for n in names
-        if "federated_dp" in summary and "ndcg@10" in summary["federated_dp"]["platforms"][n]["all"]
-    ]
-    if len(results["seeds"]) == 1:
+    fed = summary.get(M.FEDERATED_DP)
+    fed_std = [s.std for n in names if fed is not None and (s := fed.stat(n)) is not None]
+    if len(results.seeds) == 1:
         lines.append(
             "- One seed only: differences smaller than a few thousandths of NDCG@10 are within "
             "training noise and should not be read as a ranking of methods."
@@ -288,15 +284,13 @@ def observations(results: dict[str, Any]) -> list[str]:
             f"- Seed-to-seed spread of federated DP NDCG@10 per platform: up to "
             f"{max(fed_std):.4f}; smaller gaps between methods are not meaningful."
         )
-    skipped = [
-        m for m in TRAINED_METHODS if m not in results.get("trained_methods", TRAINED_METHODS)
-    ]
+    skipped = [m for m in TRAINED_METHODS if m not in results.trained_methods]
     if skipped:
         lines.append(
             f"- Not run in this comparison (--methods): {', '.join(skipped)}; targets that need "
             "them read n/a."
         )
-    if results["quick"]:
+    if results.quick:
         lines.append(
             "- This is a --quick run (a user subset, few rounds): it checks that everything runs; "
             "its numbers are not the published results."

@@ -23,100 +23,85 @@ from simulations.compare.plan import (
     COLD_ITEM_MAX_TRAINING,
     COLD_USER_MAX_INTERACTIONS,
     METHODS,
-    SCHEMA_VERSION,
-    SLICES,
     ComparePlan,
 )
+from simulations.compare.records import (
+    SLICES,
+    ComparisonResults,
+    Method,
+    MethodSummary,
+    PlatformInfo,
+    PrivacyPoint,
+    RunRecord,
+    SliceSummary,
+    Stat,
+    Summary,
+    UnseenPlatform,
+)
 from simulations.compare.targets import check_targets
+
+M = Method
 
 if TYPE_CHECKING:
     from simulations.compare.runner import Experiment
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation over seeds (0 for a single value)."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
-
-
-def _platform_mean(test: dict[str, Any], slice_name: str, metric: str) -> float | None:
-    values = [m[slice_name][metric] for m in test.values() if m[slice_name]["users"]]
-    return statistics.fmean(values) if values else None
-
-
-def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_runs(runs: list[RunRecord]) -> Summary:
     """Per platform and platform mean, per slice and metric: mean ± std over seeds."""
-    out: dict[str, Any] = {}
+    by_method: dict[Method, list[RunRecord]] = {}
     for run in runs:
-        out.setdefault(run["method"], []).append(run)
-    summary = {}
-    for method, method_runs in out.items():
-        platforms: dict[str, Any] = {}
-        names = list(dict.fromkeys(p for r in method_runs for p in r["test"]))
+        by_method.setdefault(run.method, []).append(run)
+    summary: Summary = {}
+    for method, method_runs in by_method.items():
+        platforms: dict[str, dict[str, SliceSummary]] = {}
+        names = list(dict.fromkeys(p for r in method_runs for p in r.test))
         for name in names:
             platforms[name] = {}
             for s in SLICES:
-                cells = [r["test"][name][s] for r in method_runs if name in r["test"]]
-                users = cells[0]["users"] if cells else 0
-                platforms[name][s] = {"users": users} | (
-                    {k: mean_std([c[k] for c in cells]) for k in METRIC_NAMES} if users else {}
-                )
-        mean = {}
+                cells = [r.test[name][s] for r in method_runs if name in r.test]
+                users = int(cells[0]["users"]) if cells else 0
+                metrics = {k: Stat.of([c[k] for c in cells]) for k in METRIC_NAMES} if users else {}
+                platforms[name][s] = SliceSummary(users, metrics)
+        mean: dict[str, dict[str, Stat]] = {}
         for s in SLICES:
             mean[s] = {}
             for k in METRIC_NAMES:
-                values = [_platform_mean(r["test"], s, k) for r in method_runs]
-                values = [v for v in values if v is not None]
+                values = [v for r in method_runs if (v := r.platform_mean(s, k)) is not None]
                 if values:
-                    mean[s][k] = mean_std(values)
-        summary[method] = {
-            "seeds": [r["seed"] for r in method_runs],
-            "epsilon": method_runs[0]["epsilon"],
-            "platforms": platforms,
-            "mean": mean,
-        }
+                    mean[s][k] = Stat.of(values)
+        summary[method] = MethodSummary(
+            seeds=[r.seed for r in method_runs],
+            epsilon=method_runs[0].epsilon,
+            platforms=platforms,
+            mean=mean,
+        )
     return summary
 
 
-def _by_epsilon(runs: list[dict[str, Any]]) -> dict[float, list[dict[str, Any]]]:
-    out: dict[float, list[dict[str, Any]]] = {}
-    for run in runs:
-        # the product's final ranking at each ε; ∞ is the federation without DP
-        if run["method"] in ("federated_dp_personalized", "federated_no_dp", "federated_eps"):
-            out.setdefault(run["epsilon"], []).append(run)
-    return dict(sorted(out.items()))
+PRODUCT_AT_EPSILON = (M.FEDERATED_DP_PERSONALIZED, M.FEDERATED_NO_DP, M.FEDERATED_EPS)
 
 
-def privacy_utility(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+def privacy_utility(runs: list[RunRecord], names: list[str]) -> list[PrivacyPoint]:
     """Test NDCG@10 of the product (federated, then personalised) at each ε, with the noise
     multiplier each platform needed; ∞ is the federation without DP (its global model)."""
+    by_epsilon: dict[float, list[RunRecord]] = {}
+    for run in runs:
+        if run.method in PRODUCT_AT_EPSILON and run.epsilon is not None:
+            by_epsilon.setdefault(run.epsilon, []).append(run)
     points = []
-    for eps, eps_runs in _by_epsilon(runs).items():
-        sigma = {
-            n: statistics.fmean(
-                r["rounds"][-1].get("noise_multiplier", {}).get(n, 0.0) for r in eps_runs
-            )
-            for n in names
-        }
-        spent = {
-            n: max(r["rounds"][-1].get("epsilon", {}).get(n, 0.0) for r in eps_runs) for n in names
-        }
+    for eps, eps_runs in sorted(by_epsilon.items()):
+        last = [r.rounds[-1] for r in eps_runs]
         points.append(
-            {
-                "epsilon": eps,
-                "noise_multiplier": sigma,
-                "epsilon_spent": spent,
-                "ndcg@10": {
-                    n: mean_std([r["test"][n]["all"]["ndcg@10"] for r in eps_runs]) for n in names
+            PrivacyPoint(
+                epsilon=eps,
+                noise_multiplier={
+                    n: statistics.fmean(e.noise_multiplier.get(n, 0.0) for e in last) for n in names
                 },
-                "mean_ndcg@10": mean_std(
-                    [_platform_mean(r["test"], "all", "ndcg@10") or 0.0 for r in eps_runs]
-                ),
-                "seeds": [r["seed"] for r in eps_runs],
-            }
+                epsilon_spent={n: max(e.epsilon.get(n, 0.0) for e in last) for n in names},
+                ndcg={n: Stat.of([r.test[n]["all"]["ndcg@10"] for r in eps_runs]) for n in names},
+                mean_ndcg=Stat.of([r.platform_mean("all", "ndcg@10") or 0.0 for r in eps_runs]),
+                seeds=[r.seed for r in eps_runs],
+            )
         )
     return points
 
@@ -137,46 +122,44 @@ def machine_info(device: str) -> dict[str, Any]:
     }
 
 
-def build_results(exp: Experiment, *, complete: bool) -> dict[str, Any]:
+def build_results(exp: Experiment, *, complete: bool) -> ComparisonResults:
     plan, names = exp.plan, [p.name for p in exp.platforms]
     summary = summarize_runs(exp.runs)
     deltas = {}  # each platform ledger's δ, from the DP runs
     for run in exp.runs:
-        if run["epsilon"] is not None and math.isfinite(run["epsilon"]):
-            for entry in run["rounds"]:
-                deltas.update({n: d for n, d in entry.get("delta", {}).items() if n in names})
+        if run.epsilon is not None and math.isfinite(run.epsilon):
+            for entry in run.rounds:
+                deltas.update({n: d for n, d in entry.delta.items() if n in names})
     held_out = plan.unseen if exp.unseen_runs() else None
     unseen = None
     if held_out:
-        unseen = {
-            "platform": held_out,
-            "trained_on": [n for n in names if n != held_out],
-            "methods": {
-                m: summary[m]["platforms"][held_out]["all"]
+        unseen = UnseenPlatform(
+            platform=held_out,
+            trained_on=[n for n in names if n != held_out],
+            methods={
+                m: summary[m].platforms[held_out]["all"]
                 for m in METHODS
-                if m in summary and held_out in summary[m]["platforms"] and m != "federated_eps"
+                if m in summary and held_out in summary[m].platforms and m != M.FEDERATED_EPS
             },
-        }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tool": "fedxrec compare",
-        "complete": complete,
-        "command": exp.command,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "commit": exp.commit,  # the code that ran: HEAD when the comparison started
-        "machine": machine_info(exp.device),
-        "seconds": time.perf_counter() - exp.started,
-        "dataset": plan.cfg.data.dataset,
-        "split": SPLIT,
-        "protocol": "full ranking of each platform's whole catalogue, the user's history excluded, "
+        )
+    return ComparisonResults(
+        complete=complete,
+        command=exp.command,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        commit=exp.commit,
+        machine=machine_info(exp.device),
+        seconds=time.perf_counter() - exp.started,
+        dataset=plan.cfg.data.dataset,
+        split=SPLIT,
+        protocol="full ranking of each platform's whole catalogue, the user's history excluded, "
         "ties counted against the target; test split unless said otherwise",
-        "seeds": plan.seeds,
-        "quick": plan.quick,
-        "trained_methods": list(plan.methods),
-        "epsilons": plan.epsilons,
-        "product_epsilon": plan.product_epsilon,
-        "delta": deltas,
-        "privacy": {
+        seeds=plan.seeds,
+        quick=plan.quick,
+        trained_methods=list(plan.methods),
+        epsilons=plan.epsilons,
+        product_epsilon=plan.product_epsilon,
+        delta=deltas,
+        privacy={
             "unit": "one user of one platform (all of their interactions)",
             "accountant": plan.cfg.privacy.accountant,
             "max_grad_norm": plan.cfg.privacy.max_grad_norm,
@@ -184,30 +167,30 @@ def build_results(exp: Experiment, *, complete: bool) -> dict[str, Any]:
             "local_epsilon": plan.cfg.privacy.local_epsilon,
             "local_max_items": plan.cfg.privacy.local_max_items,
         },
-        "slices": {
+        slices={
             "cold_users": f"users with ≤ {COLD_USER_MAX_INTERACTIONS} interactions on the platform",
             "cold_items": f"users whose test item has ≤ {COLD_ITEM_MAX_TRAINING} training "
             "interactions on the platform",
         },
-        "curve_users": plan.curve_users,
-        "config": plan.cfg.to_flat(),
-        "methods": {k: dataclasses.asdict(m) for k, m in METHODS.items()},
-        "platforms": {
-            p.name: {
-                "users": p.num_users,
-                "items": len(p.items),
-                "interactions": sum(len(s) for s in p.sequences),
-                "slices": {s: exp.slices[p.name][s] for s in ("cold_users", "cold_items")},
-                "curve_users": exp.curve_users[p.name],
-            }
+        curve_users=plan.curve_users,
+        config=plan.cfg.to_flat(),
+        methods={k: dataclasses.asdict(m) for k, m in METHODS.items()},
+        platforms={
+            p.name: PlatformInfo(
+                users=p.num_users,
+                items=len(p.items),
+                interactions=sum(len(s) for s in p.sequences),
+                slices={s: exp.slices[p.name][s] for s in ("cold_users", "cold_items")},
+                curve_users=exp.curve_users[p.name],
+            )
             for p in exp.platforms
         },
-        "unseen_platform": unseen,
-        "summary": summary,
-        "privacy_utility": privacy_utility(exp.runs, names),
-        "targets": check_targets(summary, names, plan.product_epsilon),
-        "runs": exp.runs,
-    }
+        unseen_platform=unseen,
+        summary=summary,
+        privacy_utility=privacy_utility(exp.runs, names),
+        targets=check_targets(summary, names, plan.product_epsilon),
+        runs=exp.runs,
+    )
 
 
 def to_json(value: Any) -> Any:
@@ -230,22 +213,9 @@ def _json_key(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:g}"
 
 
-def _float(value: Any) -> Any:
-    return {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}.get(value, value)
-
-
-def run_from_json(run: dict[str, Any]) -> dict[str, Any]:
-    """A run as read back from results.json, ∞ restored where to_json wrote "inf"."""
-    run["epsilon"] = _float(run["epsilon"])
-    for entry in run["rounds"]:
-        if "epsilon" in entry:
-            entry["epsilon"] = {n: _float(v) for n, v in entry["epsilon"].items()}
-    return run
-
-
 def load_previous_runs(
     path: Path, plan: ComparePlan, platforms: list[PlatformData]
-) -> list[dict[str, Any]]:
+) -> list[RunRecord]:
     """The finished runs of an earlier comparison in the same folder, if its settings match."""
     if not path.is_file():
         return []
@@ -269,10 +239,17 @@ def load_previous_runs(
             f"--resume: {path} was made with other settings ({', '.join(differ)}); its runs "
             "cannot be mixed with these: use another --out, or drop --resume to start afresh"
         )
-    return [run_from_json(r) for r in runs]
+    try:
+        return [RunRecord.from_json(r) for r in runs]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"--resume: {path} holds a run this version cannot read ({err}); use another --out "
+            "or drop --resume"
+        ) from None
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_json(path: Path, results: ComparisonResults) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(to_json(payload), indent=1, ensure_ascii=False, allow_nan=False))
+    payload = to_json(results.to_json())
+    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False, allow_nan=False))
     os.replace(tmp, path)

@@ -3,36 +3,29 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
-from simulations.compare.plan import HYBRID_SUFFIX, METHODS, eps_text
+from simulations.compare.plan import METHODS, eps_text
+from simulations.compare.records import Method, Summary, Target
+from simulations.compare.records import mean_ndcg as stat
+
+M = Method
 
 PRODUCT_MEAN_TARGET = 0.09
 HYBRID_OVER_ITEMKNN = 1.05
 MODEL_OVER_ITEMKNN = 0.9
 
 
-def stat(summary: dict[str, Any], method: str, platform: str | None, slice_name: str = "all"):
-    """Mean NDCG@10 of ``method`` on ``platform`` (None = platform mean), or None if not run."""
-    entry = summary.get(method)
-    if entry is None:
-        return None
-    cell = entry["mean"] if platform is None else entry["platforms"].get(platform, {})
-    value = cell.get(slice_name, {}).get("ndcg@10")
-    return None if value is None else value["mean"]
+def _add(targets: list[Target], target: str, met: bool | None, detail: str) -> None:
+    targets.append(Target(target, met, detail))
 
 
-def _add(targets: list[dict[str, Any]], target: str, met: bool | None, detail: str) -> None:
-    targets.append({"target": target, "met": met, "detail": detail})
-
-
-def product_method(summary: dict[str, Any]) -> str:
+def product_method(summary: Summary) -> Method:
     """The product's final ranking: the personalised model when the sites personalise."""
-    return "federated_dp_personalized" if "federated_dp_personalized" in summary else "federated_dp"
+    return M.FEDERATED_DP_PERSONALIZED if M.FEDERATED_DP_PERSONALIZED in summary else M.FEDERATED_DP
 
 
 def _compare_per_platform(
-    summary: dict[str, Any], names: list[str], ours: str, other: str, *, strict: bool
+    summary: Summary, names: list[str], ours: Method, other: Method, *, strict: bool
 ) -> tuple[bool | None, str]:
     pairs = {n: (stat(summary, ours, n), stat(summary, other, n)) for n in names}
     known = {n: (a, b) for n, (a, b) in pairs.items() if a is not None and b is not None}
@@ -45,9 +38,7 @@ def _compare_per_platform(
     return all(ok.values()), detail
 
 
-def check_targets(
-    summary: dict[str, Any], names: list[str], product_eps: float
-) -> list[dict[str, Any]]:
+def check_targets(summary: Summary, names: list[str], product_eps: float) -> list[Target]:
     """The targets for the product at its ε, each met or missed with its numbers.
 
     ``met`` is None where a method it needs did not run (e.g. a single platform).
@@ -55,10 +46,10 @@ def check_targets(
     eps = eps_text(product_eps)
     product = product_method(summary)
     label = METHODS[product].label
-    targets: list[dict[str, Any]] = []
+    targets: list[Target] = []
     add = partial(_add, targets)
 
-    met, detail = _compare_per_platform(summary, names, product, "popularity", strict=False)
+    met, detail = _compare_per_platform(summary, names, product, M.POPULARITY, strict=False)
     add(f"{label} (ε={eps}) ≥ Popularity on every platform (NDCG@10)", met, detail)
     mean = stat(summary, product, None)
     add(
@@ -66,11 +57,11 @@ def check_targets(
         None if mean is None else mean >= PRODUCT_MEAN_TARGET,
         "not computable" if mean is None else f"{mean:.4f}",
     )
-    met, detail = _compare_per_platform(summary, names, product, "local_only", strict=True)
+    met, detail = _compare_per_platform(summary, names, product, M.LOCAL_ONLY, strict=True)
     add(f"{label} (ε={eps}) beats local-only DP on every platform (NDCG@10)", met, detail)
-    met, detail = _compare_per_platform(summary, names, product, "zero_shot", strict=True)
+    met, detail = _compare_per_platform(summary, names, product, M.ZERO_SHOT, strict=True)
     add(f"{label} (ε={eps}) beats the zero-shot encoder on every platform (NDCG@10)", met, detail)
-    central, fed = stat(summary, "centralized", None), stat(summary, "federated_dp", None)
+    central, fed = stat(summary, M.CENTRALIZED, None), stat(summary, M.FEDERATED_DP, None)
     add(
         "the non-private centralized reference ≥ federated DP (platform mean NDCG@10)",
         None if central is None or fed is None else central >= fed,
@@ -80,11 +71,11 @@ def check_targets(
     unseen = [
         n
         for n in names
-        if stat(summary, "federated_unseen", n) is not None
-        and stat(summary, "zero_shot", n) is not None
+        if stat(summary, M.FEDERATED_UNSEEN, n) is not None
+        and stat(summary, M.ZERO_SHOT, n) is not None
     ]
-    a = stat(summary, "federated_unseen", unseen[0]) if unseen else None
-    b = stat(summary, "zero_shot", unseen[0]) if unseen else None
+    a = stat(summary, M.FEDERATED_UNSEEN, unseen[0]) if unseen else None
+    b = stat(summary, M.ZERO_SHOT, unseen[0]) if unseen else None
     add(
         "a platform left out of the federation, ranked with its model, beats zero-shot",
         None if a is None or b is None else a > b,
@@ -93,20 +84,18 @@ def check_targets(
     return targets
 
 
-def hybrid_targets(
-    summary: dict[str, Any], names: list[str], product: str, eps: str
-) -> list[dict[str, Any]]:
+def hybrid_targets(summary: Summary, names: list[str], product: Method, eps: str) -> list[Target]:
     """The site's final ranking (the product's model + the site's own signals) against counting."""
-    hybrid = product + HYBRID_SUFFIX
+    hybrid = product.with_local
     if hybrid not in summary:
         return []
     label = METHODS[hybrid].label
-    out: list[dict[str, Any]] = []
+    out: list[Target] = []
     add = partial(_add, out)
 
-    met, detail = _compare_per_platform(summary, names, hybrid, "itemknn", strict=False)
+    met, detail = _compare_per_platform(summary, names, hybrid, M.ITEMKNN, strict=False)
     add(f"{label} (ε={eps}) ≥ ItemKNN on every platform (NDCG@10)", met, detail)
-    ours, knn = stat(summary, hybrid, None), stat(summary, "itemknn", None)
+    ours, knn = stat(summary, hybrid, None), stat(summary, M.ITEMKNN, None)
     add(
         f"{label} (ε={eps}) ≥ {HYBRID_OVER_ITEMKNN}× ItemKNN (platform mean NDCG@10)",
         None if ours is None or not knn else ours >= HYBRID_OVER_ITEMKNN * knn,
@@ -114,7 +103,7 @@ def hybrid_targets(
         if ours is None or not knn
         else f"{ours:.4f} vs {knn:.4f} = {ours / knn:.3f}×",
     )
-    zero = stat(summary, "zero_shot" + HYBRID_SUFFIX, None)
+    zero = stat(summary, M.ZERO_SHOT_LOCAL, None)
     add(
         f"{label} beats the zero-shot encoder + local signals (platform mean NDCG@10: the "
         "federation's own contribution to the final ranking)",
@@ -125,7 +114,7 @@ def hybrid_targets(
         stat(summary, hybrid, None, "cold_items"),
         stat(summary, product, None, "cold_items"),
     )
-    knn_cold = stat(summary, "itemknn", None, "cold_items")
+    knn_cold = stat(summary, M.ITEMKNN, None, "cold_items")
     add(
         f"cold items: {label} ≥ the model alone, and > 0 where ItemKNN scores "
         f"{'0' if not knn_cold else f'{knn_cold:.4f}'} (platform mean NDCG@10)",
@@ -133,7 +122,7 @@ def hybrid_targets(
         "no cold item" if cold is None or alone is None else f"{cold:.4f} vs {alone:.4f}",
     )
     cold_users = stat(summary, hybrid, None, "cold_users")
-    knn_users = stat(summary, "itemknn", None, "cold_users")
+    knn_users = stat(summary, M.ITEMKNN, None, "cold_users")
     add(
         f"cold users: {label} ≥ ItemKNN (platform mean NDCG@10)",
         None if cold_users is None or knn_users is None else cold_users >= knn_users,
@@ -141,15 +130,15 @@ def hybrid_targets(
         if cold_users is None or knn_users is None
         else f"{cold_users:.4f} vs {knn_users:.4f}",
     )
-    knn_mean = stat(summary, "itemknn", None)
+    knn_mean = stat(summary, M.ITEMKNN, None)
     # "the model alone": the product's model (federated, then personalised under the same ε),
     # and the global federated model before personalisation, both reported
     models = [(product, f"{METHODS[product].label} alone")]
-    if product != "federated_dp":
-        models.append(("federated_dp", "the global federated DP model alone"))
+    if product != M.FEDERATED_DP:
+        models.append((M.FEDERATED_DP, "the global federated DP model alone"))
     for method, name in models:
         mean = stat(summary, method, None)
-        met, detail = _compare_per_platform(summary, names, method, "popularity", strict=False)
+        met, detail = _compare_per_platform(summary, names, method, M.POPULARITY, strict=False)
         add(f"{name} (ε={eps}) ≥ Popularity on every platform", met, detail)
         add(
             f"{name} (ε={eps}) ≥ {MODEL_OVER_ITEMKNN}× ItemKNN (platform mean)",

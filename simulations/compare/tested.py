@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simulations.compare.data import slice_metrics
+from simulations.compare.records import RoundRecord
+
+ROUND_FIELDS = ("validation_ndcg", "epsilon", "noise_multiplier", "delta", "loss")
 
 
 @dataclass
@@ -33,13 +36,12 @@ class Tested:
             getattr(self, field_name).update(getattr(other, field_name))
 
 
-def merge_rounds(per_platform: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def merge_rounds(per_platform: list[list[RoundRecord]]) -> list[RoundRecord]:
     """Per-round records of several single-platform runs as one record per round."""
-    merged: dict[int, dict[str, Any]] = {}
+    merged: dict[int, RoundRecord] = {}
     for rounds in per_platform:
         for entry in rounds:
-            target = merged.setdefault(entry["round"], {"round": entry["round"]})
-            for key, value in entry.items():
-                if isinstance(value, dict):
-                    target.setdefault(key, {}).update(value)
+            target = merged.setdefault(entry.round, RoundRecord(entry.round))
+            for name in ROUND_FIELDS:
+                getattr(target, name).update(getattr(entry, name))
     return [merged[r] for r in sorted(merged)]

@@ -1,47 +1,21 @@
-"""The coordinator's round loop in process: a fake Grid answers each message with the real
-ClientApp handlers of two sites (their own data, state and privacy ledgers on disk)."""
+"""The coordinator's round loop in process: the in-process Grid answers each message with the real
+ClientApp of two sites (their own data, state and privacy ledgers on disk)."""
 
 import json
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.federation import client_app
 from server.aggregation import fedavg
 from server.checkpoint import Checkpoint
 from server.server_app import Coordinator
 from shared.adapter import read_adapter
-from shared.records import TrainingRecord, to_array_record
+from shared.records import PERSONALIZE, TrainingRecord, to_array_record
+from simulations.inprocess import InProcessGrid
 from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import tiny_federation_config, write_synthetic_site
-
-HANDLERS = {
-    MessageType.TRAIN: client_app.train,
-    MessageType.EVALUATE: client_app.evaluate,
-    MessageType.QUERY: client_app.query,
-}
-
-
-class InProcessGrid:
-    """What the coordinator sees of Flower: node ids, and replies to the messages it sends."""
-
-    def __init__(self, sites: dict[int, Context]) -> None:
-        self.sites = sites
-        self.sent: list[Message] = []
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.sites)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for msg in messages:
-            self.sent.append(msg)
-            node = msg.metadata.dst_node_id
-            reply = HANDLERS[msg.metadata.message_type](msg, self.sites[node])
-            replies.append(reply)
-        return replies
 
 
 @pytest.fixture
@@ -66,7 +40,7 @@ def federation(tmp_path, tiny_vocab):
         }
         sites[node] = Context(3, node, node_config, RecordDict(), cfg.to_flat())
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 3, 0, 1
-    return cfg, InProcessGrid(sites), tmp_path
+    return cfg, InProcessGrid(sites, run_id=3), tmp_path
 
 
 def test_round_loop_aggregates_saves_checkpoints_and_personalises(federation):
@@ -105,17 +79,20 @@ def test_round_loop_aggregates_saves_checkpoints_and_personalises(federation):
 
     # Round 2 tells each site what its ledger showed after round 1 (a lost ledger is caught).
     trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
-    second = [m for m in trains if int(m.content["config"]["server-round"]) == 2]
+    second = [m for m in trains if int(m.content["config"]["server_round"]) == 2]
     for msg in second:
         name = grid.sites[msg.metadata.dst_node_id].node_config["platform"]
         reported = metrics["rounds"][1]["platforms"][name]
-        assert msg.content["config"]["ledger-releases"] == reported["ledger_releases"] == 1
-        assert msg.content["config"]["ledger-epsilon"] == pytest.approx(reported["epsilon"])
+        assert msg.content["config"]["ledger_releases"] == reported["ledger_releases"] == 1
+        assert msg.content["config"]["ledger_epsilon"] == pytest.approx(reported["epsilon"])
     assert Checkpoint.read(out).ledgers.keys() == {"books", "films"}
 
-    # The personalisation message carries the final global model; its replies no weights.
-    last = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN][-2:]
-    assert all(bool(m.content["config"]["personalize"]) for m in last)
+    # The personalisation is its own message, with the final global model and what each
+    # site's ledger showed; its replies carry no weights.
+    personal = [m for m in grid.sent if m.metadata.message_type == PERSONALIZE]
+    assert len(personal) == 2 and all(m.content["config"]["server_round"] == 3 for m in personal)
+    assert all(m.content["config"]["ledger_releases"] == 2 for m in personal)
+    assert all("arrays" not in r.content for r in grid.received[-2:])
     for name in ("books", "films"):
         assert read_adapter(root / "state" / name / "personal").keys() == final.keys()
 

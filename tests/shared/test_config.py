@@ -30,12 +30,12 @@ def test_unknown_key_suggests_the_right_one():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("train.batch_size", "many", "expects a int"),
+        ("train.batch_size", "many", "expects an int"),
         ("train.batch_size", 0, "must be in"),
         ("privacy.accountant", "gdp", "prv or rdp"),
         ("privacy.epsilon", -1.0, "must be > 0"),
-        ("model.lora_r", 2.5, "expects a int"),
-        ("federation.rounds", True, "expects a int"),
+        ("model.lora_r", 2.5, "expects an int"),
+        ("federation.rounds", True, "expects an int"),
     ],
 )
 def test_bad_values_name_the_key(key, value, message):
@@ -91,3 +91,18 @@ def test_simulate_epsilon_inf_means_no_dp(tmp_path):
     args = build_parser().parse_args(["simulate", "--out", str(tmp_path), "--epsilon", "inf"])
     cfg = simulation_config(args)
     assert not cfg.privacy.enabled and cfg.privacy.epsilon == 8.0
+
+
+def test_a_section_built_in_code_is_checked_too():
+    import dataclasses
+
+    from shared.config import ModelConfig, PrivacyConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match="model.lora_r' must be >= 1"):
+        ModelConfig(lora_r=0)
+    with pytest.raises(ConfigError, match="train.steps' expects an int, got '3'"):
+        TrainConfig(steps="3")
+    with pytest.raises(ConfigError, match="train.lora_steps' must be in"):
+        dataclasses.replace(TrainConfig(), lora_steps=50)
+    epsilon = PrivacyConfig(epsilon=4).epsilon  # an int where a float is expected is fine
+    assert epsilon == 4.0 and isinstance(epsilon, float)

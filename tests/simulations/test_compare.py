@@ -15,8 +15,9 @@ from simulations.baselines import baseline_ranks, itemknn_scores, popularity_sco
 from simulations.cli import build_parser, main
 from simulations.compare import data as compare_data
 from simulations.compare import plan as compare_plan
-from simulations.compare import results as compare_results
 from simulations.compare import targets as compare_targets
+from simulations.compare.records import Method, MethodSummary, SliceSummary, Stat
+from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import WORDS, make_tiny_recommender
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -105,20 +106,21 @@ def test_pool_platforms_keeps_users_and_items_apart():
 
 
 def test_mean_std_over_seeds():
-    assert compare_results.mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}
-    stat = compare_results.mean_std([0.1, 0.3])
-    assert stat["mean"] == pytest.approx(0.2) and stat["std"] == pytest.approx(math.sqrt(0.02))
+    assert Stat.of([0.5]) == Stat(0.5, 0.0, 1)
+    stat = Stat.of([0.1, 0.3])
+    assert stat.mean == pytest.approx(0.2) and stat.std == pytest.approx(math.sqrt(0.02))
 
 
 def test_targets_met_and_missed():
-    def entry(per: dict[str, float]) -> dict:
-        def cell(value: float) -> dict:
-            return {"all": {"ndcg@10": {"mean": value}}}
-
-        return {
-            "platforms": {n: cell(v) for n, v in per.items()},
-            "mean": cell(sum(per.values()) / len(per)),
-        }
+    def entry(per: dict[str, float]) -> MethodSummary:
+        return MethodSummary(
+            seeds=[0],
+            epsilon=8.0,
+            platforms={
+                n: {"all": SliceSummary(5, {"ndcg@10": Stat(v, 0, 1)})} for n, v in per.items()
+            },
+            mean={"all": {"ndcg@10": Stat(sum(per.values()) / len(per), 0, 1)}},
+        )
 
     summary = {
         "federated_dp": entry({"a": 0.10, "b": 0.20}),
@@ -129,32 +131,31 @@ def test_targets_met_and_missed():
         "popularity": entry({"a": 0.11, "b": 0.12}),
         "federated_unseen": entry({"b": 0.11}),
     }
+    summary = {Method(m): s for m, s in summary.items()}
     targets = compare_targets.check_targets(summary, ["a", "b"], 8.0)
-    assert [t["met"] for t in targets] == [True, True, False, True, True, True]
-    assert "Federated + personalised" in targets[0]["target"]  # the product's final ranking
-    assert targets[1]["detail"] == "0.1600"
-    assert "b: 0.2100 vs 0.2100 (missed)" in targets[2]["detail"]  # a tie does not beat
-    assert targets[4]["detail"] == "0.1600 vs 0.1500"
-    assert targets[5]["detail"] == "b: 0.1100 vs 0.1000"
-    del summary["centralized"], summary["federated_dp_personalized"]
+    assert [t.met for t in targets] == [True, True, False, True, True, True]
+    assert "Federated + personalised" in targets[0].target  # the product's final ranking
+    assert targets[1].detail == "0.1600"
+    assert "b: 0.2100 vs 0.2100 (missed)" in targets[2].detail  # a tie does not beat
+    assert targets[4].detail == "0.1600 vs 0.1500"
+    assert targets[5].detail == "b: 0.1100 vs 0.1000"
+    del summary[Method.CENTRALIZED], summary[Method.FEDERATED_DP_PERSONALIZED]
     again = compare_targets.check_targets(summary, ["a", "b"], 8.0)
-    assert "Federated (DP)" in again[0]["target"] and again[0]["met"] is False
-    assert again[4]["met"] is None
+    assert "Federated (DP)" in again[0].target and again[0].met is False
+    assert again[4].met is None
 
     # the site's final ranking, and "the model alone": the product's model and the global one
-    summary["federated_dp_personalized"] = entry({"a": 0.11, "b": 0.21})
-    summary["federated_dp_personalized+local"] = entry({"a": 0.15, "b": 0.25})
-    summary["zero_shot+local"] = entry({"a": 0.14, "b": 0.25})
-    summary["itemknn"] = entry({"a": 0.12, "b": 0.22})
+    summary[Method.FEDERATED_DP_PERSONALIZED] = entry({"a": 0.11, "b": 0.21})
+    summary[Method.FEDERATED_DP_PERSONALIZED_LOCAL] = entry({"a": 0.15, "b": 0.25})
+    summary[Method.ZERO_SHOT_LOCAL] = entry({"a": 0.14, "b": 0.25})
+    summary[Method.ITEMKNN] = entry({"a": 0.12, "b": 0.22})
     alone = [
-        t
-        for t in compare_targets.check_targets(summary, ["a", "b"], 8.0)
-        if "alone (ε" in t["target"]
+        t for t in compare_targets.check_targets(summary, ["a", "b"], 8.0) if "alone (ε" in t.target
     ]
-    assert [t["met"] for t in alone] == [True, True, False, False]  # a tie with Popularity: ≥
-    assert "Federated + personalised (DP) alone" in alone[0]["target"]
-    assert "global federated DP model alone" in alone[2]["target"]
-    assert alone[1]["detail"] == "0.1600 vs 0.1700 = 0.941×"
+    assert [t.met for t in alone] == [True, True, False, False]  # a tie with Popularity: ≥
+    assert "Federated + personalised (DP) alone" in alone[0].target
+    assert "global federated DP model alone" in alone[2].target
+    assert alone[1].detail == "0.1600 vs 0.1700 = 0.941×"
 
 
 # ---- end to end on tiny platforms with the tiny random encoder --------------------------------
@@ -177,17 +178,15 @@ def tiny_compare(tmp_path_factory, tiny_vocab):
         ]
         write_platform(root / "data" / name, items, interactions)
     out = root / "out"
+    encoder = save_tiny_encoder(tiny_vocab, root / "encoder")
     argv = [
         "compare", "--out", str(out), "--data", str(root / "data"), "--seeds", "2",
         "--epsilons", "8,inf", "--set", "federation.rounds=1", "--set", "train.batch_size=4",
         "--set", "train.steps=2", "--set", "train.lora_steps=1", "--set", "train.personalize_steps=1",
         "--set", "privacy.accountant=rdp", "--set", "model.history_items=10",
-        "--set", "model.max_item_tokens=16",
+        "--set", "model.max_item_tokens=16", "--set", f"model.encoder={encoder}",
     ]  # fmt: skip
-    args = build_parser().parse_args(argv)
-    cfg = compare_plan.compare_plan(args).cfg.model
-    code = compare.run(args, make_rec=lambda seed: make_tiny_recommender(tiny_vocab, cfg, seed))
-    assert code == 0
+    assert compare.run(build_parser().parse_args(argv)) == 0
     return out, argv
 
 
@@ -328,24 +327,27 @@ def test_report_and_plots(tiny_compare):
         assert f"plots/{png}.png" in report
 
 
-def test_resume_keeps_finished_runs_and_refuses_other_settings(tiny_compare, capsys):
+def test_resume_keeps_finished_runs_and_refuses_other_settings(tiny_compare, capsys, monkeypatch):
+    from simulations.compare import runner
+
     out, argv = tiny_compare
     before = json.loads((out / "results.json").read_text())
 
-    def no_training(seed):
+    def no_training(*args, **kwargs):
         raise AssertionError("a resumed comparison with every run finished trains nothing")
 
-    assert compare.run(build_parser().parse_args([*argv, "--resume"]), no_training) == 0
+    monkeypatch.setattr(runner, "train", no_training)
+    assert compare.run(build_parser().parse_args([*argv, "--resume"])) == 0
     assert "kept from the earlier results.json" in capsys.readouterr().out
     after = json.loads((out / "results.json").read_text())
     assert after["runs"] == before["runs"] and after["complete"]
     # a setting added after the earlier run (absent from its config) counts as its default there
     older = dict(after, config={k: v for k, v in after["config"].items() if "local_" not in k})
     (out / "results.json").write_text(json.dumps(older))
-    assert compare.run(build_parser().parse_args([*argv, "--resume"]), no_training) == 0
+    assert compare.run(build_parser().parse_args([*argv, "--resume"])) == 0
     changed = build_parser().parse_args([*argv, "--resume", "--set", "train.learning_rate=0.05"])
     with pytest.raises(ValueError, match="other settings.*train.learning_rate"):
-        compare.run(changed, no_training)
+        compare.run(changed)
 
 
 def test_local_epsilon_makes_the_fused_counts_dp(tmp_path):
@@ -363,8 +365,8 @@ def test_local_epsilon_makes_the_fused_counts_dp(tmp_path):
     def local_index(*extra):
         args = build_parser().parse_args(["compare", "--out", str(tmp_path), *extra])
         plan = compare_plan.compare_plan(args)
-        exp = Experiment(plan, [data], lambda seed: None, log=lambda line: None)
-        return exp._local(data)
+        exp = Experiment(plan, [data], {}, tmp_path / "work", log=lambda line: None)
+        return exp.evaluator.local(data)
 
     assert local_index().privacy is None
     dp = local_index("--set", "privacy.local_epsilon=2", "--set", "privacy.local_max_items=5")
@@ -387,9 +389,7 @@ def test_methods_runs_only_the_named_training_methods(tiny_compare, tiny_vocab, 
     _, argv = tiny_compare
     argv = [*argv, "--methods", "federated_dp", "--seeds", "1"]
     argv[argv.index("--out") + 1] = str(tmp_path / "subset")
-    args = build_parser().parse_args(argv)
-    cfg = compare_plan.compare_plan(args).cfg.model
-    assert compare.run(args, make_rec=lambda s: make_tiny_recommender(tiny_vocab, cfg, s)) == 0
+    assert compare.run(build_parser().parse_args(argv)) == 0
     results = json.loads((tmp_path / "subset" / "results.json").read_text())
     assert results["trained_methods"] == ["federated_dp"]
     assert {r["method"] for r in results["runs"]} == {
@@ -425,9 +425,9 @@ def test_quick_end_to_end_on_movielens(tmp_path, capsys):
 
 
 def test_commit_named_by_environment_where_there_is_no_git(monkeypatch):
-    from simulations.report import _commit
+    from simulations.report import code_commit
 
     monkeypatch.setenv("FEDXREC_COMMIT", "abc1234")
-    assert _commit() == "abc1234"
+    assert code_commit() == "abc1234"
     monkeypatch.delenv("FEDXREC_COMMIT")
-    assert _commit() not in ("", "abc1234")
+    assert code_commit() not in ("", "abc1234")

@@ -1,5 +1,7 @@
 """The ClientApp's handlers, called in process with real Flower messages: what leaves a site."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -10,7 +12,7 @@ from clients.scorer.collaborative import build_collaborative_index
 from shared.adapter import get_adapter_arrays
 from shared.data import load_platform
 from shared.model import build_recommender, load_base_encoder, load_tokenizer
-from shared.records import TrainingRecord, from_array_record, to_array_record
+from shared.records import PERSONALIZE, TrainingRecord, from_array_record, to_array_record
 from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import tiny_federation_config, write_synthetic_site
 
@@ -46,7 +48,7 @@ def test_a_site_sends_its_adapter_and_aggregates_never_its_local_statistics(site
     )
     adapter = get_adapter_arrays(rec)
     train_in = RecordDict(
-        {"arrays": to_array_record(adapter), "config": ConfigRecord({"server-round": 1})}
+        {"arrays": to_array_record(adapter), "config": ConfigRecord({"server_round": 1})}
     )
     reply = client_app.train(_message(train_in, MessageType.TRAIN), context)
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
@@ -56,16 +58,16 @@ def test_a_site_sends_its_adapter_and_aggregates_never_its_local_statistics(site
     assert all(sent[k].shape == adapter[k].shape for k in adapter)
     # the metrics are the round's aggregates, each a scalar: no vector of counts can hide there
     assert TrainingRecord.from_record(reply.content["metrics"]).users == 12
-    assert set(reply.content["metrics"]) == set(TrainingRecord.__dataclass_fields__)
+    assert set(reply.content["metrics"]) == {f.name for f in dataclasses.fields(TrainingRecord)}
     assert all(np.ndim(v) == 0 for v in reply.content["metrics"].values())
 
     personal_in = RecordDict(
         {
             "arrays": to_array_record(sent),
-            "config": ConfigRecord({"server-round": 2, "personalize": True}),
+            "config": ConfigRecord({"server_round": 2, "validation_users": 5}),
         }
     )
-    reply = client_app.train(_message(personal_in, MessageType.TRAIN), context)
+    reply = client_app.app(_message(personal_in, PERSONALIZE), context)
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     assert set(reply.content.keys()) == {"metrics", "validation", "test"}  # no weights at all
     for record in reply.content.values():

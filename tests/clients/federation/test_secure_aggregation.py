@@ -42,13 +42,13 @@ def _context() -> Context:
 
 
 def test_legacy_fit_records_round_trip_in_state_dict_order():
-    fitins = FitIns(to_parameters(ARRAYS), {"server-round": 3})
+    fitins = FitIns(to_parameters(ARRAYS), {"server_round": 3})
     msg = _message(compat.fitins_to_recorddict(fitins, keep_input=True))
     arrays, config = read_legacy_fit(msg)
-    assert config == {"server-round": 3}
+    assert config == {"server_round": 3}
     assert [a.shape for a in arrays] == [(2, 3), (3, 2)]
-    reply = legacy_fit_reply(msg, ARRAYS, 12, {"epsilon": 1.5})
-    res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    reply = legacy_fit_reply(ARRAYS, 12, {"epsilon": 1.5})
+    res = compat.recorddict_to_fitres(reply, keep_input=True)
     assert res.num_examples == 12 and res.metrics == {"epsilon": 1.5}
     back = from_parameters(res.parameters, list(ARRAYS))
     assert all(np.array_equal(back[k], ARRAYS[k]) for k in ARRAYS)
@@ -56,7 +56,7 @@ def test_legacy_fit_records_round_trip_in_state_dict_order():
 
 
 def test_only_secagg_messages_reach_secaggplus_mod():
-    plain = _message(RecordDict({"config": ConfigRecord({"server-round": 1})}))
+    plain = _message(RecordDict({"config": ConfigRecord({"server_round": 1})}))
     assert not is_secure_round(plain)
     seen = []
     secure_mod(plain, _context(), lambda m, c: seen.append(m) or m)

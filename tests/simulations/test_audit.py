@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from simulations.audit import attack_metrics, dp_tpr_bound, split_members
-from tests.simulations.test_compare import make_platform
+from tests.simulations.compare.test_data import make_platform
 
 
 def test_a_perfect_attack_and_a_coin_flip():

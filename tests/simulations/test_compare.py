@@ -1,7 +1,6 @@
-"""`fedxrec compare`: plan parsing, slices, pooling, results.json schema, report, end to end."""
+"""`fedxrec compare` end to end on tiny platforms: results.json schema, report, resume, --methods."""
 
 import json
-import math
 import random
 
 import pytest
@@ -13,149 +12,11 @@ from shared.text import Item
 from simulations import compare
 from simulations.baselines import baseline_ranks, itemknn_scores, popularity_scores
 from simulations.cli import build_parser, main
-from simulations.compare import data as compare_data
 from simulations.compare import plan as compare_plan
-from simulations.compare import targets as compare_targets
-from simulations.compare.records import Method, MethodSummary, SliceSummary, Stat
 from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import WORDS, make_tiny_recommender
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def test_parse_epsilons():
-    assert compare_plan.parse_epsilons("8, 1,inf,2,8") == [1.0, 2.0, 8.0, math.inf]
-    for bad, message in (("abc", "not a number"), ("0", "> 0"), ("-1", "> 0"), (",", "names no")):
-        with pytest.raises(ValueError, match=message):
-            compare_plan.parse_epsilons(bad)
-
-
-def test_bad_epsilons_is_a_clear_cli_error(tmp_path, capsys):
-    assert main(["compare", "--out", str(tmp_path), "--epsilons", "1,abc"]) == 2
-    err = capsys.readouterr().err
-    assert "--epsilons: 'abc' is not a number" in err and "Traceback" not in err
-
-
-def test_quick_defaults_and_set_overrides(tmp_path):
-    def plan(*extra):
-        args = build_parser().parse_args(["compare", "--out", str(tmp_path), *extra])
-        return compare_plan.compare_plan(args)
-
-    quick = plan("--quick", "--set", "federation.rounds=1")
-    assert quick.seeds == [0] and quick.epsilons == [8.0, math.inf]
-    assert quick.cfg.data.max_users == 60
-    assert quick.curve_users == quick.cfg.federation.eval_users == 30
-    assert quick.cfg.federation.rounds == 1  # --set wins over --quick
-    full = plan("--seeds", "2", "--data", "ml-1m")
-    assert full.seeds == [0, 1] and full.epsilons == [1.0, 2.0, 4.0, 8.0, math.inf]
-    assert full.cfg.data.dataset == "ml-1m" and full.cfg.federation.rounds == 3
-    assert full.federated_epsilons == [1.0, 2.0, 4.0, 8.0, math.inf]
-    cfg = full.config_for(1, math.inf)
-    assert not cfg.privacy.enabled and cfg.train.seed == 1 and cfg.federation.seed == 1
-    assert full.config_for(0, 2.0).privacy.epsilon == 2.0
-    with pytest.raises(ValueError, match="--seeds"):
-        plan("--seeds", "0")
-
-
-def test_resolve_unseen():
-    assert compare_plan.resolve_unseen(None, ["a", "b", "c"]) == "c"
-    assert compare_plan.resolve_unseen(None, ["a"]) is None
-    assert compare_plan.resolve_unseen("none", ["a", "b"]) is None
-    assert compare_plan.resolve_unseen("a", ["a", "b"]) == "a"
-    with pytest.raises(ValueError, match="no such platform"):
-        compare_plan.resolve_unseen("zzz", ["a", "b"])
-
-
-def make_platform(name: str, sequences: list[list[int]], items: int) -> PlatformData:
-    return PlatformData(
-        name=name,
-        items=[Item(f"i{k}", f"title {k}") for k in range(items)],
-        users=[f"u{k}" for k in range(len(sequences))],
-        sequences=sequences,
-    )
-
-
-def test_slices_cold_users_and_cold_items():
-    # training parts: [0,1,2,3], [0,1], [0] -> item 0 has 3 training interactions, item 1 has 2
-    data = make_platform("p", [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3], [0, 4, 1]], items=6)
-    slices = compare_data.platform_slices(data)
-    assert slices["all"] == [0, 1, 2]
-    assert slices["cold_users"] == [1, 2]  # 6 interactions is not cold, 4 and 3 are
-    assert slices["cold_items"] == [0, 1, 2]  # every test item has ≤ 5 training interactions
-    # training parts: [0,1] six times and [1]: item 0 has 6 training interactions, so the last
-    # user, whose test item is 0, is not in the cold-item slice; the others' test item 3 is
-    busy = make_platform("q", [[0, 1, 2, 3]] * 6 + [[1, 2, 0]], items=4)
-    assert compare_data.platform_slices(busy)["cold_items"] == list(range(6))
-
-
-def test_slice_metrics_empty_slice_has_no_metrics():
-    out = compare_data.slice_metrics([1, 3], {"all": [0, 1], "cold_users": []})
-    assert out["all"] == {**ranking_metrics([1, 3]), "users": 2}
-    assert out["cold_users"] == {"users": 0}
-
-
-def test_pool_platforms_keeps_users_and_items_apart():
-    a = make_platform("a", [[0, 1, 2]], items=3)
-    b = make_platform("b", [[2, 0, 1], [1, 2, 0]], items=3)
-    pooled = compare_data.pool_platforms([a, b])
-    assert pooled.num_users == 3 and len(pooled.items) == 6
-    assert pooled.users == ["a/u0", "b/u0", "b/u1"]
-    assert [i.item_id for i in pooled.items][:4] == ["a/i0", "a/i1", "a/i2", "b/i0"]
-    assert pooled.sequences == [[0, 1, 2], [5, 3, 4], [4, 5, 3]]
-    assert pooled.item_texts[3] == b.item_texts[0]  # the text is what the model sees: unchanged
-
-
-def test_mean_std_over_seeds():
-    assert Stat.of([0.5]) == Stat(0.5, 0.0, 1)
-    stat = Stat.of([0.1, 0.3])
-    assert stat.mean == pytest.approx(0.2) and stat.std == pytest.approx(math.sqrt(0.02))
-
-
-def test_targets_met_and_missed():
-    def entry(per: dict[str, float]) -> MethodSummary:
-        return MethodSummary(
-            seeds=[0],
-            epsilon=8.0,
-            platforms={
-                n: {"all": SliceSummary(5, {"ndcg@10": Stat(v, 0, 1)})} for n, v in per.items()
-            },
-            mean={"all": {"ndcg@10": Stat(sum(per.values()) / len(per), 0, 1)}},
-        )
-
-    summary = {
-        "federated_dp": entry({"a": 0.10, "b": 0.20}),
-        "federated_dp_personalized": entry({"a": 0.11, "b": 0.21}),
-        "centralized": entry({"a": 0.12, "b": 0.20}),
-        "local_only": entry({"a": 0.08, "b": 0.21}),
-        "zero_shot": entry({"a": 0.05, "b": 0.10}),
-        "popularity": entry({"a": 0.11, "b": 0.12}),
-        "federated_unseen": entry({"b": 0.11}),
-    }
-    summary = {Method(m): s for m, s in summary.items()}
-    targets = compare_targets.check_targets(summary, ["a", "b"], 8.0)
-    assert [t.met for t in targets] == [True, True, False, True, True, True]
-    assert "Federated + personalised" in targets[0].target  # the product's final ranking
-    assert targets[1].detail == "0.1600"
-    assert "b: 0.2100 vs 0.2100 (missed)" in targets[2].detail  # a tie does not beat
-    assert targets[4].detail == "0.1600 vs 0.1500"
-    assert targets[5].detail == "b: 0.1100 vs 0.1000"
-    del summary[Method.CENTRALIZED], summary[Method.FEDERATED_DP_PERSONALIZED]
-    again = compare_targets.check_targets(summary, ["a", "b"], 8.0)
-    assert "Federated (DP)" in again[0].target and again[0].met is False
-    assert again[4].met is None
-
-    # the site's final ranking, and "the model alone": the product's model and the global one
-    summary[Method.FEDERATED_DP_PERSONALIZED] = entry({"a": 0.11, "b": 0.21})
-    summary[Method.FEDERATED_DP_PERSONALIZED_LOCAL] = entry({"a": 0.15, "b": 0.25})
-    summary[Method.ZERO_SHOT_LOCAL] = entry({"a": 0.14, "b": 0.25})
-    summary[Method.ITEMKNN] = entry({"a": 0.12, "b": 0.22})
-    alone = [
-        t for t in compare_targets.check_targets(summary, ["a", "b"], 8.0) if "alone (ε" in t.target
-    ]
-    assert [t.met for t in alone] == [True, True, False, False]  # a tie with Popularity: ≥
-    assert "Federated + personalised (DP) alone" in alone[0].target
-    assert "global federated DP model alone" in alone[2].target
-    assert alone[1].detail == "0.1600 vs 0.1700 = 0.941×"
 
 
 # ---- end to end on tiny platforms with the tiny random encoder --------------------------------
@@ -374,17 +235,6 @@ def test_local_epsilon_makes_the_fused_counts_dp(tmp_path):
     assert dp.privacy["delta"] == pytest.approx(default_delta(20))
 
 
-def test_parse_methods():
-    assert compare_plan.parse_methods(None) == compare_plan.TRAINED_METHODS
-    assert compare_plan.parse_methods("centralized, federated_dp") == (
-        "federated_dp",
-        "centralized",
-    )
-    for bad in ("popularity", "federated", ","):
-        with pytest.raises(ValueError, match="choose from"):
-            compare_plan.parse_methods(bad)
-
-
 def test_methods_runs_only_the_named_training_methods(tiny_compare, tiny_vocab, tmp_path):
     _, argv = tiny_compare
     argv = [*argv, "--methods", "federated_dp", "--seeds", "1"]
@@ -422,12 +272,3 @@ def test_quick_end_to_end_on_movielens(tmp_path, capsys):
         for name, ranks in run["ranks"].items():
             assert all(1 <= r <= results["platforms"][name]["items"] for r in ranks), run["key"]
     assert (out / "report.md").is_file() and (out / "plots" / "privacy_utility.png").is_file()
-
-
-def test_commit_named_by_environment_where_there_is_no_git(monkeypatch):
-    from simulations.report import code_commit
-
-    monkeypatch.setenv("FEDXREC_COMMIT", "abc1234")
-    assert code_commit() == "abc1234"
-    monkeypatch.delenv("FEDXREC_COMMIT")
-    assert code_commit() not in ("", "abc1234")

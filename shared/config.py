@@ -196,6 +196,9 @@ class FederationConfig(_Section):
         )
 
 
+PARTITIONS = ("genres", "sites", "domains")
+
+
 @dataclass(frozen=True)
 class DataConfig(_Section):
     SECTION: ClassVar[str] = "data"
@@ -208,10 +211,35 @@ class DataConfig(_Section):
         3  # users with fewer on a platform are dropped (need train+val+test)
     )
     seed: int = 0
+    # How a MovieLens data set becomes platforms: "genres" (genre slices of the same users),
+    # "sites" (disjoint users, each site its own share of the catalogue under its own IDs) or
+    # "domains" (disjoint users and genre catalogues); see simulations/data/sites.py.
+    partition: str = "genres"
+    site_users: str = "2000,1000,500,250,125"  # "sites": users per site, largest first
+    catalogue_share: float = 0.6  # "sites": the share of the catalogue each site carries
 
     def validate(self) -> None:
         _check(self.max_users >= 0, "data.max_users", "must be >= 0")
         _check(self.min_user_interactions >= 3, "data.min_user_interactions", "must be >= 3")
+        _check(
+            self.partition in PARTITIONS,
+            "data.partition",
+            f"must be one of {', '.join(PARTITIONS)}",
+        )
+        try:
+            sizes = self.site_user_counts
+        except ValueError:
+            sizes = []
+        _check(
+            bool(sizes) and all(n >= 1 for n in sizes),
+            "data.site_users",
+            "must be comma-separated positive user counts, e.g. 2000,1000,500,250,125",
+        )
+        _check(0.0 < self.catalogue_share <= 1.0, "data.catalogue_share", "must be in (0, 1]")
+
+    @property
+    def site_user_counts(self) -> list[int]:
+        return [int(n) for n in self.site_users.split(",") if n.strip()]
 
     @property
     def platform_list(self) -> list[str]:

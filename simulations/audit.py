@@ -32,6 +32,7 @@ from shared.config import FedxrecConfig, add_config_arguments, default_delta, pa
 from shared.data import PlatformData
 from shared.model import Recommender, pick_device, process_recommender
 from simulations.compare.data import load_platforms
+from simulations.data.partition import add_data_arguments, data_overrides
 from simulations.inprocess import federate, write_platform_data
 from simulations.report import code_commit, format_table
 
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (audit.json, audit.md)")
-    p.add_argument("--data", help="ml-100k, ml-1m, or a folder of your own data (data.dataset)")
+    add_data_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="the member / non-member split's seed")
     add_config_arguments(p, "federation.rounds=5")
     p.set_defaults(run=run)
@@ -130,8 +131,7 @@ def run(args: argparse.Namespace) -> int:
     )  # the code that runs, whatever HEAD becomes
     cfg = FedxrecConfig.load(args.config)
     cfg = cfg.with_overrides(parse_overrides(args.set))
-    if args.data:
-        cfg = cfg.with_overrides({"data.dataset": args.data})
+    cfg = cfg.with_overrides(data_overrides(args))
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     platforms = load_platforms(cfg, out / "platforms")

@@ -30,7 +30,7 @@ from shared.config import (
 from shared.data import load_platform
 from shared.metrics import ranking_metrics
 from simulations.baselines import BASELINES, baseline_ranks
-from simulations.data.partition import prepare_platforms
+from simulations.data.partition import add_data_arguments, data_overrides, prepare_platforms
 from simulations.launch.superlink import FlowerRunError, local_superlink
 from simulations.report import format_table, render_report, results_table
 
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated platforms: MovieLens genre groups (action, comedy, drama) or "
         "sub-folders of your --data (data.platforms, default all)",
     )
-    p.add_argument("--data", help="ml-100k, ml-1m, or a folder of your own data (data.dataset)")
+    add_data_arguments(p)
     add_config_arguments(p, "train.batch_size=64")
     p.add_argument(
         "--verbose", action="store_true", help="show Flower's whole log, not only fedxrec's lines"
@@ -101,7 +101,7 @@ def simulation_config(args: argparse.Namespace, base: FedxrecConfig | None = Non
         "privacy.epsilon": None if no_dp else args.epsilon,
         "data.max_users": args.max_users,
         "data.platforms": args.platforms,
-        "data.dataset": args.data,
+        **data_overrides(args),
         "privacy.enabled": False if no_dp else None,
     }
     return cfg.with_overrides({k: v for k, v in flags.items() if v is not None})
@@ -157,10 +157,10 @@ def fresh_platforms(cfg: FedxrecConfig, out: Path, *, overwrite: bool) -> list[s
 
 def resumed_run(args: argparse.Namespace, out: Path) -> tuple[FedxrecConfig, list[str]]:
     """The stopped run's own settings (flags given now still apply), platforms and ledgers."""
-    if args.data or args.platforms or args.max_users is not None:
+    if args.data or args.partition or args.platforms or args.max_users is not None:
         raise ValueError(
-            "--resume continues with the stopped run's own platforms: drop --data, --platforms "
-            "and --max-users (or start a new run in another --out)"
+            "--resume continues with the stopped run's own platforms: drop --data, --partition, "
+            "--platforms and --max-users (or start a new run in another --out)"
         )
     saved = out / "run_config.toml"
     if not saved.is_file() or not (out / CHECKPOINT_FILE).is_file():

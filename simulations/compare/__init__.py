@@ -48,6 +48,7 @@ from simulations.compare.plan import (
     compare_plan,
     resolve_unseen,
 )
+from simulations.data.partition import add_data_arguments
 
 WORK_DIR = ".federations"  # where the comparison's federations run (removed when it is done)
 
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="output folder (a re-used one starts fresh, unless --resume)",
     )
-    p.add_argument("--data", help="ml-100k, ml-1m, or a folder of your own data (data.dataset)")
+    add_data_arguments(p)
     p.add_argument(
         "--seeds",
         type=int,

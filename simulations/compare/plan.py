@@ -13,6 +13,7 @@ from typing import Any
 from shared.config import ConfigError, FedxrecConfig, parse_overrides
 from shared.data import PlatformData
 from simulations.compare.records import Method
+from simulations.data.partition import data_overrides
 
 COLD_USER_MAX_INTERACTIONS = 5  # a user with at most this many interactions on the platform
 COLD_ITEM_MAX_TRAINING = 5  # a test item with at most this many training interactions
@@ -213,8 +214,7 @@ def compare_plan(args: argparse.Namespace) -> ComparePlan:
     if args.quick:
         cfg = cfg.with_overrides(QUICK_OVERRIDES)
     cfg = cfg.with_overrides(parse_overrides(args.set))
-    if args.data:
-        cfg = cfg.with_overrides({"data.dataset": args.data})
+    cfg = cfg.with_overrides(data_overrides(args))
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else DEFAULT_SEEDS)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")

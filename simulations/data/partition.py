@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import random
 import re
@@ -9,7 +10,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from shared.config import DataConfig
+from shared.config import PARTITIONS, DataConfig
 from shared.data import (
     DataError,
     Interaction,
@@ -21,6 +22,7 @@ from shared.data import (
 )
 from shared.text import Item
 from simulations.data.movielens import SOURCES, load_movielens
+from simulations.data.sites import split_into_domains, split_into_sites
 
 # MovieLens genres grouped into the demo's platforms: a movie site for each taste.
 GENRE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -89,6 +91,27 @@ def _seed(seed: int, name: str) -> int:
     return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:8], 16)
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data and --partition: which data set, and how it becomes platforms."""
+    parser.add_argument(
+        "--data", help="ml-100k, ml-1m, or a folder of your own data (data.dataset)"
+    )
+    parser.add_argument(
+        "--partition",
+        choices=PARTITIONS,
+        help="how a MovieLens data set becomes platforms (data.partition): genres = genre slices "
+        "of the same users (default); sites = disjoint users over sites of data.site_users "
+        "users, each with its own share of the catalogue under its own IDs; domains = disjoint "
+        "users and genre catalogues (large and small sites)",
+    )
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The data.* settings --data and --partition give (those given)."""
+    flags = {"data.dataset": args.data, "data.partition": getattr(args, "partition", None)}
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -102,14 +125,11 @@ def prepare_platforms(cfg: DataConfig, root: str | Path) -> list[str]:
     """
     root = Path(root)
     if cfg.dataset in SOURCES:
-        items, interactions = load_movielens(cfg.dataset)
-        parts = split_by_category(
-            items,
-            interactions,
-            cfg.platform_list or list(GENRE_GROUPS),
-            max_users=cfg.max_users,
-            min_user_interactions=cfg.min_user_interactions,
-            seed=cfg.seed,
+        parts = _movielens_platforms(cfg)
+    elif cfg.partition != "genres":
+        raise DataError(
+            f"data.partition={cfg.partition} splits a MovieLens data set ({', '.join(SOURCES)}); "
+            "your own data's platforms are its folders: leave data.partition at genres"
         )
     else:
         parts = _user_platforms(Path(cfg.dataset), cfg)
@@ -121,6 +141,40 @@ def prepare_platforms(cfg: DataConfig, root: str | Path) -> list[str]:
     for name, (p_items, p_inter) in parts.items():
         write_platform(root / name, p_items, p_inter)
     return list(parts)
+
+
+def _movielens_platforms(cfg: DataConfig) -> dict[str, tuple[list[Item], list[Interaction]]]:
+    items, interactions = load_movielens(cfg.dataset)
+    minimum = cfg.min_user_interactions
+    if cfg.partition == "genres":
+        return split_by_category(
+            items,
+            interactions,
+            cfg.platform_list or list(GENRE_GROUPS),
+            max_users=cfg.max_users,
+            min_user_interactions=minimum,
+            seed=cfg.seed,
+        )
+    if cfg.partition == "sites":
+        parts = split_into_sites(
+            items,
+            interactions,
+            cfg.site_user_counts,
+            catalogue_share=cfg.catalogue_share,
+            min_user_interactions=minimum,
+            seed=cfg.seed,
+        )
+    else:
+        parts = split_into_domains(
+            items, interactions, min_user_interactions=minimum, seed=cfg.seed
+        )
+    unknown = sorted(set(cfg.platform_list) - set(parts))
+    if unknown:
+        raise DataError(
+            f"--platforms names {', '.join(unknown)}; the {cfg.partition} partition has "
+            f"{', '.join(parts)}"
+        )
+    return {n: p for n, p in parts.items() if not cfg.platform_list or n in cfg.platform_list}
 
 
 def check_platform_name(name: str) -> None:

@@ -50,13 +50,28 @@ class SequenceHead(nn.Module):
         mask: torch.Tensor,
         fresh: torch.Tensor | None = None,
         fresh_slot: torch.Tensor | None = None,
+        *,
+        pooled: bool = False,
     ) -> torch.Tensor:
         """User vectors [U, dim] of histories ``rows`` [U, N] (most recent first) of ``table``.
 
         ``mask`` [U, N] marks real history items. ``fresh`` [K, dim] (one user's) replaces the
         table row of every history item whose ``fresh_slot`` [U, N] is >= 0. An empty history
         gets the prior alone (the model's ranking before it knows anything of the user).
+        ``pooled``: return the pooled history ``h`` of steps 1–2 instead.
         """
+        h = self.pool(table, rows, mask, fresh, fresh_slot)
+        return h if pooled else self.user_map(h)
+
+    def pool(
+        self,
+        table: torch.Tensor,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        fresh: torch.Tensor | None = None,
+        fresh_slot: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Steps 1–2: the attention-pooled history ``h`` [U, dim]."""
         item_attention = (table @ self.attention)[rows]
         taken = None
         if fresh is not None and fresh_slot is not None:
@@ -73,6 +88,10 @@ class SequenceHead(nn.Module):
             per_slot = weights.new_zeros(rows.shape[0], fresh.shape[0])
             per_slot = per_slot.scatter_add(-1, fresh_slot.clamp(min=0), weights * taken)
             pooled = pooled + per_slot @ fresh
+        return pooled
+
+    def user_map(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Step 3: ``u = h + h @ transform + prior``."""
         return pooled + pooled @ self.transform + self.prior
 
 

@@ -10,11 +10,10 @@ negatives, and per-user clipping bounds each user's influence.
 
 A DP step (as Opacus' DPOptimizer does it, with the per-user gradients computed here):
 1. Poisson-sample users with rate q = batch_size / users;
-2. per-user gradients of every trainable tensor: the head's by ``torch.func`` (vmap of grad over
-   users); in a LoRA step, also the LoRA's, from Opacus' hooks on the encoder rows of the user's
-   fresh items, summed per user (clients/federation/examples.py);
-3. clip each user's whole gradient to ``max_grad_norm``, sum, add N(0, (σ·clip)²) to every
-   coordinate, divide by the expected batch size; Adam.
+2. each sampled user's gradient of every trainable tensor, clipped to ``max_grad_norm`` as a
+   whole, summed (clients/federation/gradients.py: in a head step without materialising per-user
+   gradients of the transform; in a LoRA step the LoRA's per user from Opacus' hooks);
+3. add N(0, (σ·clip)²) to every coordinate, divide by the expected batch size; Adam.
 Every step of a round is one (σ, q) release in the site's ledger; ε is Opacus' accountant over
 all of them. Without DP the same losses are averaged and back-propagated as usual.
 """
@@ -26,14 +25,20 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 
 import torch
 from opacus import GradSampleModule
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from clients.federation.examples import UserBatch, build_batch, trainable_users
+from clients.federation.gradients import (
+    DPStep,
+    add_noise,
+    clipped_head_sums,
+    per_user_gradients,
+    privatize_gradients,
+    user_losses,
+)
 from clients.federation.privacy import PrivacyLedger
 from shared.config import FedxrecConfig
 from shared.data import PlatformData
@@ -41,172 +46,7 @@ from shared.model import Recommender
 from shared.records import TrainingRecord
 
 Progress = Callable[[str], None]
-__all__ = ["train_round", "trainable_users", "user_losses", "per_user_gradients"]
-
-
-def _user_loss(
-    head_params: dict[str, torch.Tensor],
-    fresh: torch.Tensor | None,
-    windows: torch.Tensor,
-    window_mask: torch.Tensor,
-    window_slot: torch.Tensor,
-    targets: torch.Tensor,
-    valid: torch.Tensor,
-    seen: torch.Tensor,
-    *,
-    head: nn.Module,
-    item_vectors: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """The loss of one user: the mean over its pairs of the full-catalogue softmax loss."""
-    # In a LoRA step the fresh vectors replace their cached copies in the history.
-    inputs = (item_vectors, windows, window_mask, fresh, window_slot if fresh is not None else None)
-    users = functional_call(head, head_params, inputs)  # [P, d]
-    logits = users @ item_vectors.T
-    padded = torch.cat([logits, logits.new_zeros(logits.shape[0], 1)], dim=-1)
-    logits = padded.scatter(-1, seen, -1e9)[:, :-1]  # the history is not a candidate
-    losses = nn.functional.cross_entropy(logits / temperature, targets, reduction="none")
-    return (losses * valid).sum() / valid.sum().clamp(min=1.0)
-
-
-def _fresh_per_user(batch: UserBatch, fresh: torch.Tensor | None) -> torch.Tensor | None:
-    """[B, K, d]: each user's fresh vectors (zeros where a user has fewer than K); None if none."""
-    if fresh is None:
-        return None
-    table = torch.cat([fresh, fresh.new_zeros(1, fresh.shape[1])])  # the padding slot's vector
-    return table[batch.fresh_slots]
-
-
-def _loss_args(batch: UserBatch, fresh_per_user: torch.Tensor | None) -> tuple:
-    return (
-        fresh_per_user,
-        batch.windows,
-        batch.window_mask,
-        batch.window_slot,
-        batch.targets,
-        batch.valid,
-        batch.seen,
-    )
-
-
-def _in_dims(fresh_per_user: torch.Tensor | None) -> tuple:
-    return (None, None if fresh_per_user is None else 0, 0, 0, 0, 0, 0, 0)
-
-
-def _loss_fn(rec: Recommender, item_vectors: torch.Tensor) -> Callable[..., torch.Tensor]:
-    def loss(params, *args):
-        return _user_loss(
-            params,
-            *args,
-            head=rec.head,
-            item_vectors=item_vectors,
-            temperature=rec.config.temperature,
-        )
-
-    return loss
-
-
-def encode_fresh(rec: Recommender, data: PlatformData, batch: UserBatch, model: nn.Module):
-    """The batch's fresh items, encoded with gradient (one encoder row per fresh item)."""
-    if not batch.fresh_rows:
-        return None
-    texts = [data.item_texts[i] for i in batch.fresh_rows]
-    return model(**rec.tokenize(texts, rec.config.max_item_tokens))
-
-
-def user_losses(
-    rec: Recommender,
-    data: PlatformData,
-    batch: UserBatch,
-    item_vectors: torch.Tensor,
-    model: nn.Module | None = None,
-) -> torch.Tensor:
-    """Per-user losses [B], differentiable w.r.t. the head (and the LoRA in a LoRA step)."""
-    fresh = _fresh_per_user(batch, encode_fresh(rec, data, batch, model or rec.model))
-    params = dict(rec.head.named_parameters())
-    return vmap(_loss_fn(rec, item_vectors), in_dims=_in_dims(fresh))(
-        params, *_loss_args(batch, fresh)
-    )
-
-
-def per_user_gradients(
-    rec: Recommender,
-    data: PlatformData,
-    batch: UserBatch,
-    item_vectors: torch.Tensor,
-    hooked: nn.Module | None = None,
-) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor]:
-    """({parameter: [B, *shape] per-user gradients}, per-user losses [B]).
-
-    ``hooked`` is the encoder wrapped in Opacus' GradSampleModule, needed for a LoRA step.
-    """
-    fresh = encode_fresh(rec, data, batch, hooked) if batch.fresh_rows else None
-    params = {k: p.detach() for k, p in rec.head.named_parameters()}
-    per_user = _fresh_per_user(batch, fresh.detach() if fresh is not None else None)
-    loss = _loss_fn(rec, item_vectors)
-
-    def loss_and_value(*args):
-        value = loss(*args)
-        return value, value.detach()
-
-    argnums = (0,) if per_user is None else (0, 1)
-    grads, losses = vmap(
-        grad(loss_and_value, argnums=argnums, has_aux=True), in_dims=_in_dims(per_user)
-    )(params, *_loss_args(batch, per_user))
-    head_grads = grads[0]
-    out = {p: head_grads[name] for name, p in rec.head.named_parameters()}
-    if fresh is not None:
-        fresh_grads = grads[1]
-        # d(user loss)/d(fresh vector) → through the encoder; Opacus' hooks give each encoder
-        # row's gradient, and a user's gradient is the sum over its own rows.
-        rows = torch.zeros(len(batch.fresh_rows) + 1, rec.dim, device=fresh.device)
-        rows.index_add_(0, batch.fresh_slots.flatten(), fresh_grads.flatten(0, 1))
-        fresh.backward(rows[:-1])
-        for p in (p for p in rec.model.parameters() if p.requires_grad):
-            per_row = p.grad_sample
-            summed = torch.zeros(len(batch), *p.shape, device=per_row.device)
-            out[p] = summed.index_add_(0, batch.fresh_owner, per_row)
-            p.grad_sample, p.grad = None, None
-    return out, losses
-
-
-def privatize_gradients(
-    per_user: dict[nn.Parameter, torch.Tensor],
-    *,
-    max_grad_norm: float,
-    noise_multiplier: float,
-    expected_batch_size: float,
-    generator: torch.Generator | None = None,
-) -> dict[nn.Parameter, torch.Tensor]:
-    """Clip each user's gradient (all tensors together), sum, add Gaussian noise, average.
-
-    An empty batch (Poisson sampling drew nobody) still gets the noise: DP needs it.
-    """
-    squares = [(g.flatten(1) ** 2).sum(1) for g in per_user.values()]
-    norms = torch.stack(squares).sum(0).sqrt()
-    factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    out = {}
-    for p, g in per_user.items():
-        summed = torch.einsum("b,b...->...", factor, g)
-        noise = torch.normal(
-            0.0,
-            noise_multiplier * max_grad_norm,
-            size=summed.shape,
-            device=summed.device,
-            generator=generator,
-        )
-        out[p] = (summed + noise) / expected_batch_size
-    return out
-
-
-@dataclass
-class DPStep:
-    """How one DP step turns per-user gradients into the released gradient."""
-
-    max_grad_norm: float
-    noise_multiplier: float
-    expected_batch_size: float
-    generator: torch.Generator | None = None
+__all__ = ["train_round", "trainable_users", "user_losses"]
 
 
 def set_gradients(
@@ -231,18 +71,22 @@ def set_gradients(
         losses = user_losses(rec, data, batch, item_vectors)
         losses.mean().backward()
         return losses.detach()
-    if len(batch):
-        per_user, losses = per_user_gradients(rec, data, batch, item_vectors, hooked)
+    noise = {
+        "max_grad_norm": dp.max_grad_norm,
+        "noise_multiplier": dp.noise_multiplier,
+        "expected_batch_size": dp.expected_batch_size,
+        "generator": dp.generator,
+    }
+    if len(batch) and not batch.fresh_rows and set(trained) == set(rec.head.parameters()):
+        sums, losses = clipped_head_sums(rec, batch, item_vectors, dp.max_grad_norm)
+        noisy = add_noise({p: sums[p] for p in trained}, **noise)
     else:
-        per_user = {p: p.new_zeros((0, *p.shape)) for p in trained}
-        losses = torch.zeros(0)
-    noisy = privatize_gradients(
-        {p: per_user[p] for p in trained},
-        max_grad_norm=dp.max_grad_norm,
-        noise_multiplier=dp.noise_multiplier,
-        expected_batch_size=dp.expected_batch_size,
-        generator=dp.generator,
-    )
+        if len(batch):
+            per_user, losses = per_user_gradients(rec, data, batch, item_vectors, hooked)
+        else:
+            per_user = {p: p.new_zeros((0, *p.shape)) for p in trained}
+            losses = torch.zeros(0)
+        noisy = privatize_gradients({p: per_user[p] for p in trained}, **noise)
     for p, g in noisy.items():
         p.grad = g
     return losses

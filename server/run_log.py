@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import FedxrecConfig
-from shared.records import TrainingRecord
+from shared.records import PersonalChoice, TrainingRecord
 
 SPLIT = "chronological leave-last-out per user (test = last item, validation = second-last)"
 METRICS_FILE = "metrics.json"
@@ -89,15 +89,20 @@ class FederationLog:
         }
 
     def record_personalized(
-        self, results: dict[str, tuple[TrainingRecord, dict[str, dict[str, float]]]]
+        self, results: dict[str, tuple[TrainingRecord, PersonalChoice, dict[str, dict[str, float]]]]
     ) -> None:
-        """Each site's personal model: its training (ε after it) and validation/test metrics."""
+        """Each site's personal model: its training (ε after it), which mix of the fine-tune it
+        kept, and the kept model's validation/test metrics."""
         self.personalization = {
-            name: {**record.to_record(), "validation": _ranking(splits["validation"])}
-            for name, (record, splits) in results.items()
+            name: {
+                **record.to_record(),
+                "choice": choice.to_record(),
+                "validation": _ranking(splits["validation"]),
+            }
+            for name, (record, choice, splits) in results.items()
         }
         self.final["personalized"] = {
-            name: _ranking(splits["test"]) for name, (_, splits) in results.items()
+            name: _ranking(splits["test"]) for name, (_, _, splits) in results.items()
         }
 
     def trained(self) -> bool:
@@ -147,5 +152,5 @@ class FederationLog:
 
 
 def _ranking(metrics: dict[str, float]) -> dict[str, float]:
-    keep = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr", "num-examples")
+    keep = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr", "users")
     return {k: float(metrics[k]) for k in keep if k in metrics}

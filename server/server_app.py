@@ -36,6 +36,7 @@ from shared.process import set_process_defaults
 from shared.records import (
     PERSONALIZE,
     EvaluateInstruction,
+    PersonalChoice,
     PersonalizeInstruction,
     SiteInfo,
     TrainingRecord,
@@ -200,7 +201,7 @@ class Coordinator:
             )
             messages.append(Message(content, dst_node_id=node, message_type=PERSONALIZE))
         replies = self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
-        results: dict[str, tuple[TrainingRecord, dict[str, dict[str, float]]]] = {}
+        results: dict[str, tuple[TrainingRecord, PersonalChoice, dict]] = {}
         for m in replies:
             name = self._name(m.metadata.src_node_id)
             if m.has_error():
@@ -211,12 +212,13 @@ class Coordinator:
                 part: {k: float(v) for k, v in m.content[part].items()}
                 for part in ("validation", "test")
             }
-            results[name] = (TrainingRecord.from_record(m.content["metrics"]), splits)
+            record = TrainingRecord.from_record(m.content["metrics"])
+            results[name] = (record, PersonalChoice.from_record(m.content["choice"]), splits)
         self.log.record_personalized(results)
-        for name, (record, splits) in sorted(results.items()):
+        for name, (record, choice, splits) in sorted(results.items()):
             print(
-                f"[fedxrec] {name}: personalised model kept on the site; test NDCG@10 "
-                f"{splits['test']['ndcg@10']:.4f}, ε {record.epsilon:.2f}",
+                f"[fedxrec] {name}: personalised model kept on the site (mix {choice.mix:g}); "
+                f"test NDCG@10 {splits['test']['ndcg@10']:.4f}, ε {record.epsilon:.2f}",
                 flush=True,
             )
 

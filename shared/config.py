@@ -80,6 +80,9 @@ class TrainConfig(_Section):
     lora_items: int = 1  # a user's most recent items encoded with gradient in a LoRA step
     lora_learning_rate: float = 1e-3  # Adam, LoRA
     personalize_steps: int = 80  # after the federation, DP steps on the site's own users
+    # The fine-tune (or a mix of it and the global model) replaces the global model only when its
+    # validation NDCG@10 gain is at least this many standard errors (0: the better one, always).
+    personalize_min_z: float = 1.645
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
@@ -100,6 +103,11 @@ class TrainConfig(_Section):
             0 <= self.personalize_steps <= 100000,
             "train.personalize_steps",
             "must be in [0, 100000]",
+        )
+        _check(
+            0.0 <= self.personalize_min_z <= 10.0,
+            "train.personalize_min_z",
+            "must be in [0, 10] (standard errors; 0 = keep the better model whatever the margin)",
         )
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
         _check(self.threads >= 0, "train.threads", "must be >= 0")

@@ -39,3 +39,33 @@ def ranking_metrics(ranks: Sequence[int]) -> dict[str, float]:
         out[f"ndcg@{k}"] = sum(1.0 / math.log2(r + 1) for r in ranks if r <= k) / n
     out["mrr"] = sum(1.0 / r for r in ranks) / n
     return {name: out[name] for name in METRIC_NAMES}
+
+
+def user_ndcg(ranks: Sequence[int], k: int = 10) -> list[float]:
+    """Each user's NDCG@k (one held-out item: 1 / log2(rank + 1) within the top k, else 0)."""
+    return [1.0 / math.log2(r + 1) if r <= k else 0.0 for r in ranks]
+
+
+def paired_gain(new: Sequence[float], old: Sequence[float]) -> tuple[float, float]:
+    """Mean per-user gain of ``new`` over ``old`` and its standard error (paired over users)."""
+    diffs = [a - b for a, b in zip(new, old, strict=True)]
+    if len(diffs) < 2:
+        return (diffs[0] if diffs else 0.0), math.inf
+    mean = math.fsum(diffs) / len(diffs)
+    var = math.fsum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(var / len(diffs))
+
+
+def bootstrap_interval(
+    values: Sequence[float], *, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of the mean of ``values`` (resampling users)."""
+    import numpy as np
+
+    if not len(values):
+        return 0.0, 0.0
+    data = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))

@@ -108,6 +108,22 @@ class TrainingRecord(_FlatRecord):
 
 
 @dataclass(frozen=True)
+class PersonalChoice(_FlatRecord):
+    """What a site keeps after personalising: ``mix`` α of its fine-tune and the global model
+    (α·personal + (1 − α)·global; 0 = the global model), chosen on its validation split. A mix
+    replaces the global model only when its mean per-user NDCG@10 gain is at least
+    ``train.personalize_min_z`` standard errors: on a small site the fine-tune is mostly noise.
+    Aggregates, not covered by DP (like every metric in a reply)."""
+
+    KIND: ClassVar[str] = "site's personalisation choice"
+
+    mix: float
+    validation_gain: float  # mean per-user validation NDCG@10 gain of the best mix
+    standard_error: float  # of that gain (paired over the site's validation users)
+    users: int  # validation users it was measured on
+
+
+@dataclass(frozen=True)
 class TrainInstruction(_FlatRecord):
     """What a train message tells a site besides the global adapter.
 

@@ -97,7 +97,8 @@ def train(msg: Message, context: Context) -> Message:
 def personalize(msg: Message, context: Context) -> Message:
     """After the last round: fine-tune the global model on this site's users and keep it here.
 
-    The reply carries no weights, only the spending and the personal model's metrics.
+    The reply carries no weights, only the spending, which mix of the fine-tune the site kept
+    (``PersonalChoice``) and the kept model's metrics.
     """
     from clients.federation.site_tasks import personalize_site
 
@@ -105,11 +106,17 @@ def personalize(msg: Message, context: Context) -> Message:
         cfg, site = _site(context)
         instruction = PersonalizeInstruction.from_record(msg.content["config"])
         adapter = from_array_record(msg.content["arrays"])
-        record, metrics = personalize_site(
+        record, choice, metrics = personalize_site(
             cfg, site, adapter, instruction, run_id=str(context.run_id)
         )
         splits = {split: MetricRecord(m) for split, m in metrics.items()}
-        return RecordDict({"metrics": MetricRecord(record.to_record()), **splits})
+        return RecordDict(
+            {
+                "metrics": MetricRecord(record.to_record()),
+                "choice": MetricRecord(choice.to_record()),
+                **splits,
+            }
+        )
 
     return _answer(msg, task)
 

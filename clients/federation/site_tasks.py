@@ -10,6 +10,7 @@ start fast, and Opacus only where DP-SGD runs.
 from __future__ import annotations
 
 import fcntl
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clients.federation.evaluation import evaluate_split
+from clients.federation.evaluation import evaluate_split, split_ranks
 from clients.federation.site import Site
 from shared.adapter import get_adapter_arrays, save_adapter, set_adapter_arrays
 from shared.config import FedxrecConfig
 from shared.data import PlatformData
+from shared.metrics import paired_gain, user_ndcg
 from shared.model import Recommender, pick_device, process_recommender, resolve_encoder
-from shared.records import PersonalizeInstruction, TrainingRecord, TrainInstruction
+from shared.records import PersonalChoice, PersonalizeInstruction, TrainingRecord, TrainInstruction
 
 Adapter = OrderedDict[str, np.ndarray]
 LOCK_FILE = "training.lock"
@@ -98,12 +100,14 @@ def personalize_site(
     instruction: PersonalizeInstruction,
     *,
     run_id: str,
-) -> tuple[TrainingRecord, dict[str, dict[str, float]]]:
+) -> tuple[TrainingRecord, PersonalChoice, dict[str, dict[str, float]]]:
     """Fine-tune the final global model on the site's own users (DP, from the same budget), keep
     it on the site's disk (``state-dir/personal``, an adapter folder `fedxrec rank` takes) and
     evaluate it on validation and test.
 
-    The personal model never leaves the site; only its metrics go back to the coordinator.
+    What it keeps is the mix of the fine-tune and the global model that validates best, and the
+    global model itself unless that mix's gain is clear (``PersonalChoice``). The personal model
+    never leaves the site; only its metrics go back to the coordinator.
     """
     with _exclusive(site.state_dir / LOCK_FILE):
         print(f"[fedxrec] {site.platform}: personalising the global model", flush=True)
@@ -118,15 +122,65 @@ def personalize_site(
             steps=cfg.train.personalize_steps,
             lora_steps=0,
         )
+        kept, choice = choose_personal_mix(
+            rec, data, adapter, get_adapter_arrays(rec), cfg.train.personalize_min_z
+        )
         save_adapter(
-            get_adapter_arrays(rec),
+            kept,
             cfg.model,
             personal_adapter_dir(site),
             base_model=resolve_encoder(cfg.model.encoder),
-            metadata={"personalized": True, "run_id": run_id, "users": result.users},
+            metadata={"personalized": True, "run_id": run_id, "users": result.users}
+            | choice.to_record(),
+        )
+        print(
+            f"[fedxrec] {site.platform}: keeps mix {choice.mix:g} of its fine-tune (validation "
+            f"NDCG@10 gain {choice.validation_gain:+.4f} ± {choice.standard_error:.4f})",
+            flush=True,
         )
     users = {"validation": instruction.validation_users, "test": 0}
-    return result, _evaluate(rec, data, users)
+    return result, choice, _evaluate(rec, data, users)
+
+
+MIXES = (0.25, 0.5, 0.75, 1.0)  # shares of the fine-tune a site may keep (0: the global model)
+
+
+def choose_personal_mix(
+    rec: Recommender,
+    data: PlatformData,
+    global_arrays: dict[str, np.ndarray],
+    personal_arrays: dict[str, np.ndarray],
+    min_z: float,
+) -> tuple[Adapter, PersonalChoice]:
+    """The mix α·personal + (1 − α)·global with the best validation NDCG@10 over every user of
+    the site, if its paired gain over the global model is at least ``min_z`` standard errors;
+    else the global model. ``rec`` is left holding what is kept."""
+
+    def mixed(alpha: float) -> Adapter:
+        return OrderedDict(
+            (k, (alpha * personal_arrays[k] + (1 - alpha) * global_arrays[k]).astype(np.float32))
+            for k in personal_arrays
+        )
+
+    users = list(range(data.num_users))
+
+    def scores(arrays: Adapter) -> list[float]:
+        set_adapter_arrays(rec, arrays)
+        vectors = rec.catalogue_vectors(data.item_texts)
+        return user_ndcg(split_ranks(rec, data, "validation", users, vectors))
+
+    base = scores(mixed(0.0))
+    best, best_scores = 0.0, base
+    for alpha in MIXES:
+        candidate = scores(mixed(alpha))
+        if sum(candidate) > sum(best_scores):
+            best, best_scores = alpha, candidate
+    gain, error = paired_gain(best_scores, base)
+    if best and not gain >= min_z * error:
+        best = 0.0
+    kept = mixed(best)
+    set_adapter_arrays(rec, kept)
+    return kept, PersonalChoice(best, gain, error if math.isfinite(error) else 0.0, len(users))
 
 
 def _train(

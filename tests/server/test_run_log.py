@@ -13,7 +13,7 @@ def _ranking(x):
         "ndcg@10": x,
         "ndcg@20": x,
         "mrr": x,
-        "num-examples": 5.0,
+        "users": 5.0,
     }
 
 

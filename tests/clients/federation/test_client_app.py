@@ -69,7 +69,7 @@ def test_a_site_sends_its_adapter_and_aggregates_never_its_local_statistics(site
     )
     reply = client_app.app(_message(personal_in, PERSONALIZE), context)
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    assert set(reply.content.keys()) == {"metrics", "validation", "test"}  # no weights at all
+    assert set(reply.content.keys()) == {"metrics", "choice", "validation", "test"}  # no weights
     for record in reply.content.values():
         assert all(np.ndim(v) == 0 for v in record.values())
 

@@ -1,0 +1,81 @@
+"""README's results table from a comparison's results.json, so the published table is generated.
+
+    python -m simulations.compare.readme_table docs/results/ml-100k/results.json
+
+One row per method in summary order: test NDCG@10 per platform and the platform mean (± the
+standard deviation over seeds where there are several), Recall@10, and the cold-user and
+cold-item slices; the unseen platform, when there is one, as the last row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from simulations.compare.plan import METHODS
+from simulations.compare.records import Method
+
+# The unseen platform has its own row; the ε sweep has the privacy–utility table.
+_OWN_ROWS = (Method.FEDERATED_UNSEEN, Method.FEDERATED_EPS)
+
+
+def _cell(stat: dict[str, Any] | None) -> str:
+    if not stat:
+        return "–"
+    if stat.get("n", 1) > 1:
+        return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+    return f"{stat['mean']:.4f}"
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The markdown table of `results` (a results.json document)."""
+    platforms = [p["name"] if isinstance(p, dict) else p for p in results["platforms"]]
+    header = ["method", *platforms, "**mean**", "Recall@10 (mean)", "cold users", "cold items"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    order = [m for m in METHODS if m not in _OWN_ROWS] + [m for m in Method if m not in METHODS]
+    for method in order:
+        summary = results["summary"].get(method.value)
+        if summary is None or method in _OWN_ROWS:
+            continue
+        per_platform = summary.get("platforms", {})
+        label = METHODS[method].label if method in METHODS else method.value
+        mean = summary.get("mean", {})
+        cells = [_cell(per_platform.get(p, {}).get("all", {}).get("ndcg@10")) for p in platforms]
+        row = [
+            label.format(eps=summary.get("epsilon")),
+            *cells,
+            f"**{_cell(mean.get('all', {}).get('ndcg@10'))}**",
+            _cell(mean.get("all", {}).get("recall@10")),
+            _cell(mean.get("cold_users", {}).get("ndcg@10")),
+            _cell(mean.get("cold_items", {}).get("ndcg@10")),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    unseen = results.get("unseen_platform")
+    if unseen:
+        stat = unseen["methods"].get("federated_unseen", {}).get("ndcg@10")
+        row = ["–"] * len(header)
+        row[0] = f"Federated without {unseen['platform']} (DP), ranking {unseen['platform']}"
+        if unseen["platform"] in platforms:
+            row[1 + platforms.index(unseen["platform"])] = _cell(stat)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a comparison's results.json")
+    args = parser.parse_args(argv)
+    try:
+        results = json.loads(args.results.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"error: cannot read {args.results}: {error}", file=sys.stderr)
+        return 2
+    print(readme_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -118,6 +118,11 @@ BAD_REQUESTS = [
     ({"history": ["m1"], "k": "many"}, 422, "k: Input should be a valid integer"),
     ({"history": ["m1"], "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
     ({"history": {"m1": 1}}, 422, "history"),
+    ({"history": ["m1", True]}, 422, "history[1] true is not an id"),
+    ({"history": ["m1", 1.5]}, 422, "history[1] 1.5 is not an id"),
+    ({"history": [None]}, 422, "history[0] null is not an id"),
+    ({"history": [["m1"]]}, 422, 'history[0] ["m1"] is not an id'),
+    ({"history": [{"id": "m1"}]}, 422, 'history[0] {"id": "m1"} is not an id'),
     ({"history": ["m1"] * 1001}, 422, "history has 1001 item ids"),
     ({"history": "x" * 10_001}, 422, "10001 characters"),
 ]

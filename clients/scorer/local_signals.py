@@ -20,9 +20,10 @@ from clients.scorer.collaborative import (
     build_collaborative_index,
     index_fingerprint,
 )
+from clients.scorer.defaults import DEFAULT_MAX_ITEMS
 from clients.scorer.fusion import FIT_USERS, FusionWeights, fit_fusion
 from clients.scorer.item_index import ItemIndex
-from clients.scorer.private_counts import DEFAULT_MAX_ITEMS, CountPrivacy
+from clients.scorer.private_counts import CountPrivacy
 from shared.config import default_delta
 from shared.data import PlatformData, build_platform, find_file, read_interactions
 from shared.model import Recommender

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from clients.scorer.defaults import DEFAULT_MAX_ITEMS, PRECISIONS
 from clients.scorer.item_index import ItemIndex, build_item_index, default_cache_dir
 from clients.scorer.local_signals import LocalSignals, default_interactions_file, load_local_signals
-from clients.scorer.private_counts import DEFAULT_MAX_ITEMS
 from shared.adapter import (
     CONFIG_FILE,
     AdapterError,
@@ -48,8 +48,6 @@ from shared.model import (
     load_tokenizer,
     pick_device,
 )
-
-PRECISIONS = ("auto", "fp16", "fp32")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import norm
 
-DEFAULT_MAX_ITEMS = 20  # chosen on validation (docs/experiments/local-dp-counts.md)
+from clients.scorer.defaults import DEFAULT_MAX_ITEMS
 
 
 @dataclass(frozen=True)

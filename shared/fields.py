@@ -11,7 +11,7 @@ field.
   never a bool, a number with a fraction, null, a list or an object;
 - required text (title): a non-empty string; optional text (description): a string or null;
 - categories: a list of strings, or one string "a|b"; null or missing for none;
-- year: an integer, or a string of one, or empty / null;
+- year: a whole number, or a string (kept as text), or null;
 - number (timestamp, rating): a finite number, or a string of one; never a bool.
 """
 
@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
-
-YEAR_TEXT = re.compile(r"-?[0-9]+")
-YEAR_FIX = "is not a year: give a whole number, e.g. 1995, or leave it empty"
 
 
 class FieldError(ValueError):
@@ -94,17 +90,16 @@ def categories(value: Any) -> tuple[str, ...]:
 
 
 def year(value: Any) -> str:
-    """A year as text ("" when there is none)."""
+    """A year as text ("" when there is none). Any string is kept as it is: it is only ever read
+    as part of the item's text, and real catalogues hold "1995-1996", "c. 1500" (and MovieLens-100K
+    "unkonwn" and "V")."""
     if value is None:
         return ""
     if isinstance(value, str):
-        text = value.strip()
-        if text and not YEAR_TEXT.fullmatch(text):
-            raise FieldError(YEAR_FIX)
-        return text
+        return value.strip()
     whole = _whole_number(value)
     if whole is None:
-        raise FieldError(YEAR_FIX)
+        raise FieldError("is not a year: give a whole number, e.g. 1995, a text, or leave it out")
     return str(whole)
 
 

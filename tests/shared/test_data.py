@@ -101,7 +101,7 @@ BAD_JSONL = [
     *[("items", "item_id", v) for v in (True, 1.5, None, {"id": 1}, ["m1"], "", "  ")],
     *[("items", "title", v) for v in ({"en": "Heat"}, 5, None, ["Heat"], True, "", "  ")],
     *[("items", "categories", v) for v in (5, [1, 2], ["Action", None], {"a": 1}, True)],
-    *[("items", "year", v) for v in ("nineteen", 1995.5, True, ["1995"], {"y": 1995}, "19 95")],
+    *[("items", "year", v) for v in (1995.5, True, ["1995"], {"y": 1995}, math.inf)],
     *[("items", "description", v) for v in (5, ["space"], {"en": "space"}, False)],
     *[("interactions", "user_id", v) for v in (True, 2.5, None, [], {"u": 1}, "")],
     *[("interactions", "item_id", v) for v in (False, 1.25, None, ["m1"], {"m": 1}, " ")],
@@ -109,12 +109,11 @@ BAD_JSONL = [
     *[("interactions", "rating", v) for v in (True, "five", [5], {"stars": 5}, math.inf)],
 ]
 # A CSV cell is always text, so only an empty or malformed text can be wrong, and a description
-# (any text) never is.
+# or a year (any text: shared/fields.py) never is.
 BAD_CSV = [
     *[("items", "item_id", v) for v in ("", "  ")],
     *[("items", "title", v) for v in ("", " ")],
     ("items", "categories", '["Action", "Drama"]'),
-    *[("items", "year", v) for v in ("nineteen", "1995.5", "c. 1995")],
     *[("interactions", "user_id", v) for v in ("", " ")],
     ("interactions", "item_id", ""),
     *[("interactions", "timestamp", v) for v in ("notatime", "", "inf", "12:30")],
@@ -123,7 +122,10 @@ BAD_CSV = [
 
 
 def test_the_bad_input_suite_covers_every_field():
-    for cases, fields_left_out in ((BAD_JSONL, set()), (BAD_CSV, {("items", "description")})):
+    for cases, fields_left_out in (
+        (BAD_JSONL, set()),
+        (BAD_CSV, {("items", "description"), ("items", "year")}),
+    ):
         covered = {(stem, name) for stem, name, _ in cases}
         every = {("items", f) for f in ITEM_FIELDS} | {
             ("interactions", f) for f in INTERACTION_FIELDS

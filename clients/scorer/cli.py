@@ -158,7 +158,7 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         raise ValueError(f"--local-max-items {args.local_max_items}: count at least 1 item")
     if args.local_epsilon and args.text_only:
         raise ValueError("--local-epsilon makes the site's counts DP; --text-only uses none")
-    return load_site_scorer(
+    scorer = load_site_scorer(
         args.adapter,
         args.items,
         encoder=args.encoder,
@@ -171,6 +171,9 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         local_epsilon=args.local_epsilon,
         local_max_items=args.local_max_items,
     )
+    if progress:
+        print(f"fedxrec {args.command}: {scorer.cache_summary()}", file=sys.stderr, flush=True)
+    return scorer
 
 
 def run_rank(args: argparse.Namespace) -> int:

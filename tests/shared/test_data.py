@@ -5,6 +5,7 @@ import math
 import pytest
 
 from shared.data import DataError, load_platform, read_interactions, read_items
+from tests.conftest import platform_as_jsonl
 
 
 def test_fixture_parses_and_orders_histories_in_time(tiny_platform):
@@ -20,23 +21,8 @@ def test_fixture_parses_and_orders_histories_in_time(tiny_platform):
     assert data.items[0].categories == ("Action", "Sci-Fi")
 
 
-def as_jsonl(csv_folder, folder):
-    """The CSV platform folder written as JSON Lines (categories as lists), as a user would."""
-    folder.mkdir()
-    for stem in ("items", "interactions"):
-        with (
-            (csv_folder / f"{stem}.csv").open() as fh,
-            (folder / f"{stem}.jsonl").open("w") as out,
-        ):
-            for row in csv.DictReader(fh):
-                if stem == "items":
-                    row["categories"] = row["categories"].split("|")
-                out.write(json.dumps(row) + "\n")
-    return folder
-
-
 def test_jsonl_equals_csv(tmp_path, tiny_platform, platform_dir):
-    other = load_platform(as_jsonl(platform_dir, tmp_path / "j"), "tiny")
+    other = load_platform(platform_as_jsonl(platform_dir, tmp_path / "j"), "tiny")
     assert other.sequences == tiny_platform.sequences
     assert other.items == tiny_platform.items
 
@@ -167,7 +153,7 @@ def _assert_names_file_line_and_field(folder, path, line, field):
 def test_a_wrong_jsonl_value_names_the_file_line_and_field(
     tmp_path, platform_dir, stem, field, value
 ):
-    folder = as_jsonl(platform_dir, tmp_path / "site")
+    folder = platform_as_jsonl(platform_dir, tmp_path / "site")
     path, line = _write_with(folder, stem, ".jsonl", field, value)
     message = _assert_names_file_line_and_field(folder, path, line, field)
     if not isinstance(value, str):
@@ -181,7 +167,7 @@ def test_a_wrong_csv_value_names_the_file_line_and_field(platform_dir, stem, fie
 
 
 def test_messages_say_how_to_fix_the_value(tmp_path, platform_dir):
-    folder = as_jsonl(platform_dir, tmp_path / "site")
+    folder = platform_as_jsonl(platform_dir, tmp_path / "site")
     path, _ = _write_with(folder, "items", ".jsonl", "categories", [1, 2])
     with pytest.raises(DataError, match=r"categories \[1, 2\] holds a non-string: give a list"):
         read_items(path)
@@ -195,7 +181,7 @@ def test_messages_say_how_to_fix_the_value(tmp_path, platform_dir):
 
 def test_jsonl_values_of_the_right_type_in_other_forms_are_read(tmp_path, platform_dir):
     """Integer ids, a "a|b" categories string, an integer year, numeric strings, null optionals."""
-    folder = as_jsonl(platform_dir, tmp_path / "site")
+    folder = platform_as_jsonl(platform_dir, tmp_path / "site")
     items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
     items[0].update(item_id=1, categories="Action|Sci-Fi", year=1977, description=None)
     items[1].update(year="", categories=None)

@@ -47,14 +47,21 @@ def _whole_number(value: Any) -> int | None:
     return None
 
 
-def identifier(value: Any) -> str:
-    """An item or user id, as text (empty when the value is an empty or blank string)."""
+def _text_or_whole_number(value: Any, refusal: str) -> str:
+    """A string (stripped), or a whole number as text; ``FieldError(refusal)`` for the rest."""
     if isinstance(value, str):
         return value.strip()
-    number = _whole_number(value)
-    if number is None:
-        raise FieldError('is not an id: use a string (or a whole number), e.g. "m42" or 42')
-    return str(number)
+    whole = _whole_number(value)
+    if whole is None:
+        raise FieldError(refusal)
+    return str(whole)
+
+
+def identifier(value: Any) -> str:
+    """An item or user id, as text (empty when the value is an empty or blank string)."""
+    return _text_or_whole_number(
+        value, 'is not an id: use a string (or a whole number), e.g. "m42" or 42'
+    )
 
 
 def required_text(value: Any) -> str:
@@ -95,12 +102,9 @@ def year(value: Any) -> str:
     "unkonwn" and "V")."""
     if value is None:
         return ""
-    if isinstance(value, str):
-        return value.strip()
-    whole = _whole_number(value)
-    if whole is None:
-        raise FieldError("is not a year: give a whole number, e.g. 1995, a text, or leave it out")
-    return str(whole)
+    return _text_or_whole_number(
+        value, "is not a year: give a whole number, e.g. 1995, a text, or leave it out"
+    )
 
 
 def number(value: Any) -> float:

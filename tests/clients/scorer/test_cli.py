@@ -10,21 +10,10 @@ import pytest
 
 from shared.process import DEFAULTS
 from simulations.cli import main
-from tests.clients.scorer.support import save_tiny_adapter, save_tiny_encoder
 from tests.conftest import platform_as_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]
 NOISE = ("Warning", "Loading weights", "Traceback")
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_vocab, tmp_path_factory):
-    return save_tiny_encoder(tiny_vocab, tmp_path_factory.mktemp("encoder"))
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_vocab, tmp_path_factory):
-    return save_tiny_adapter(tiny_vocab, tmp_path_factory.mktemp("a") / "adapter", seed=5)
 
 
 def fedxrec(*args: str) -> subprocess.CompletedProcess:

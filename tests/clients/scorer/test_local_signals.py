@@ -10,19 +10,8 @@ from clients.scorer import local_signals
 from clients.scorer.local_signals import COLLABORATIVE_INDEX, FUSION_WEIGHTS
 from clients.scorer.model import load_site_scorer
 from clients.scorer.ranking import query_for_ids, recommend
-from tests.clients.scorer.support import save_tiny_adapter, save_tiny_encoder
 
 BOTH = (COLLABORATIVE_INDEX, FUSION_WEIGHTS)
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_vocab, tmp_path_factory):
-    return save_tiny_encoder(tiny_vocab, tmp_path_factory.mktemp("encoder"))
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_vocab, tmp_path_factory):
-    return save_tiny_adapter(tiny_vocab, tmp_path_factory.mktemp("a") / "adapter", seed=3)
 
 
 @pytest.fixture

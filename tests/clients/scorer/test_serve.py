@@ -12,17 +12,12 @@ from clients.scorer.http_api import MAX_BODY_BYTES, bind, build_server, create_a
 from clients.scorer.model import load_site_scorer
 from clients.scorer.ranking import query_for_ids, recommend
 from clients.scorer.service import ScorerService, watched_files
-from tests.clients.scorer.support import save_tiny_adapter, save_tiny_encoder
+from tests.clients.scorer.support import save_tiny_adapter
 
 TOL = 1e-4
 HISTORY = ["m4", "m1", "m2"]
 TOKEN = "an-admin-token-for-the-tests"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_vocab, tmp_path_factory):
-    return save_tiny_encoder(tiny_vocab, tmp_path_factory.mktemp("encoder"))
 
 
 @pytest.fixture

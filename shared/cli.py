@@ -16,8 +16,11 @@ from shared.process import set_process_defaults
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv`` with ``parser`` and run the chosen subcommand's ``run(args)``."""
     set_process_defaults()
-    args = parser.parse_args(argv)
+    command = "fedxrec"
     try:
+        # Parsing may import the subcommand's module (simulations/cli.py), which may fail too.
+        args = parser.parse_args(argv)
+        command = f"fedxrec {args.command}"
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("fedxrec: interrupted", file=sys.stderr)
@@ -25,6 +28,6 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
     except (ValueError, RuntimeError, OSError) as err:
         if os.environ.get("FEDXREC_DEBUG"):
             raise
-        print(f"fedxrec {args.command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
         print("(set FEDXREC_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 2

@@ -7,20 +7,25 @@ A platform folder holds two files (CSV with a header row, or JSON Lines):
 - ``items.csv`` / ``items.jsonl``: ``item_id``, ``title``, optional ``categories`` ("a|b" in CSV, a
   list or "a|b" in JSONL), ``year``, ``description``.
 
-Every problem is reported as a ``DataError`` naming the file, the row and the fix.
+Each field's value is checked against its rule (shared/fields.py: which JSON types an id, a title,
+a year... may be). Every problem is reported as a ``DataError`` naming the file, the line, the
+field and the fix.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from shared import fields
+from shared.fields import FieldError, shown
 from shared.text import Item, item_text
+
+T = TypeVar("T")
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id", "title")
@@ -127,6 +132,12 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict
         for row in reader:
             if None in row:
                 raise DataError(f"{path}, line {reader.line_num}: more fields than the header has")
+            short = [c for c in required if row.get(c) is None]
+            if short:
+                raise DataError(
+                    f"{path}, line {reader.line_num}: fewer fields than the header has (no "
+                    f"{', '.join(short)}); give every row a value for each column"
+                )
             yield reader.line_num, row
 
 
@@ -150,39 +161,45 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, di
             yield line_no, row
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+def _field(where: str, name: str, value: Any, rule: Callable[[Any], T], fix: str = "") -> T:
+    """``rule(value)``, or a DataError naming the place, the field, the value and the fix."""
+    try:
+        return rule(value)
+    except FieldError as err:
+        raise DataError(
+            f"{where}: {name} {shown(value)} {err}{'; ' + fix if fix else ''}"
+        ) from None
 
 
 def read_items(path: Path) -> list[Item]:
     items: list[Item] = []
     seen: dict[str, int] = {}
     for line, row in read_rows(path, ITEM_COLUMNS):
-        item_id, title = _text(row.get("item_id")), _text(row.get("title"))
+        where = f"{path}, line {line}"
+        item_id = _field(where, "item_id", row.get("item_id"), fields.identifier)
         if not item_id:
-            raise DataError(f"{path}, line {line}: empty item_id; give every item an id")
+            raise DataError(f"{where}: empty item_id; give every item an id")
+        title = _field(where, "title", row.get("title"), fields.required_text)
         if not title:
             raise DataError(
-                f"{path}, line {line}: item '{item_id}' has an empty title; items are ranked by "
-                "their text, so give it a title"
+                f"{where}: item '{item_id}' has an empty title; items are ranked by their text, "
+                "so give it a title"
             )
         if item_id in seen:
             raise DataError(
-                f"{path}, line {line}: item '{item_id}' is listed twice (first at line "
-                f"{seen[item_id]}); keep one row per item"
+                f"{where}: item '{item_id}' is listed twice (first at line {seen[item_id]}); keep "
+                "one row per item"
             )
         seen[item_id] = line
-        cats = row.get("categories") or ()
-        if isinstance(cats, str):
-            cats = [c for c in cats.split("|")]
-        categories = tuple(c.strip() for c in cats if str(c).strip())
         items.append(
             Item(
                 item_id=item_id,
                 title=title,
-                year=_text(row.get("year")),
-                categories=categories,
-                description=_text(row.get("description")),
+                year=_field(where, "year", row.get("year"), fields.year),
+                categories=_field(where, "categories", row.get("categories"), fields.categories),
+                description=_field(
+                    where, "description", row.get("description"), fields.optional_text
+                ),
             )
         )
     if not items:
@@ -194,45 +211,44 @@ def read_interactions(path: Path, known_items: set[str]) -> list[Interaction]:
     out: list[Interaction] = []
     seen: dict[tuple[str, str, float], int] = {}
     for line, row in read_rows(path, INTERACTION_COLUMNS):
-        user, item = _text(row.get("user_id")), _text(row.get("item_id"))
-        if not user or not item:
-            raise DataError(f"{path}, line {line}: empty user_id or item_id")
-        ts = _number(row.get("timestamp"))
-        if ts is None:
-            raise DataError(
-                f"{path}, line {line}: timestamp {row.get('timestamp')!r} is not a number; use "
-                "Unix seconds (or any number that orders a user's interactions in time)"
-            )
+        where = f"{path}, line {line}"
+        user = _field(where, "user_id", row.get("user_id"), fields.identifier)
+        item = _field(where, "item_id", row.get("item_id"), fields.identifier)
+        for name, value in (("user_id", user), ("item_id", item)):
+            if not value:
+                raise DataError(
+                    f"{where}: empty {name}; every interaction names a user and an item"
+                )
+        ts = _field(
+            where,
+            "timestamp",
+            row.get("timestamp"),
+            fields.number,
+            "use Unix seconds (or any number that orders a user's interactions in time)",
+        )
         if item not in known_items:
             raise DataError(
-                f"{path}, line {line}: item '{item}' is not in the items file; add it to the "
-                "items file or remove the interaction"
+                f"{where}: item '{item}' is not in the items file; add it to the items file or "
+                "remove the interaction"
             )
-        rating = row.get("rating")
-        rating_value = None if rating in (None, "") else _number(rating)
-        if rating not in (None, "") and rating_value is None:
-            raise DataError(f"{path}, line {line}: rating {rating!r} is not a number")
+        rating = _field(
+            where,
+            "rating",
+            row.get("rating"),
+            fields.optional_number,
+            "leave it empty or give a number",
+        )
         key = (user, item, ts)
         if key in seen:
             raise DataError(
-                f"{path}, line {line}: duplicate of line {seen[key]} (same user, item and "
-                "timestamp); remove one of them"
+                f"{where}: duplicate of line {seen[key]} (same user, item and timestamp); remove "
+                "one of them"
             )
         seen[key] = line
-        out.append(Interaction(user, item, ts, rating_value))
+        out.append(Interaction(user, item, ts, rating))
     if not out:
         raise DataError(f"{path}: no interactions")
     return out
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 # ---- building a platform ------------------------------------------------------------------------

@@ -4,6 +4,9 @@ engine, through its supported path (a SuperLink in simulation mode + `flwr run`)
 Writes to --out: ``metrics.json`` (per round, per platform), ``adapter/`` (final global adapter,
 peft format), ``rounds/round-NNN/`` (every round's adapter), ``report.md``, ``flower.log`` and the
 simulated sites' folders (``platforms/``: their data; ``state/``: their privacy ledgers).
+
+The parser imports nothing heavy (``--help`` is instant); torch, Flower's records and the
+baselines are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -16,10 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from server.checkpoint import CHECKPOINT_FILE
-from server.run_log import METRICS_FILE, FederationLog
 from shared.config import (
     ConfigError,
     FedxrecConfig,
@@ -28,15 +28,14 @@ from shared.config import (
     read_toml_config,
 )
 from shared.data import load_platform
-from shared.metrics import ranking_metrics
-from simulations.baselines import BASELINES, baseline_ranks
 from simulations.data.partition import add_data_arguments, data_overrides, prepare_platforms
 from simulations.launch.superlink import FlowerRunError, local_superlink
-from simulations.report import format_table, render_report, results_table
 
 APP_DIR = Path(__file__).resolve().parents[1]
 RAY_PREFIX = re.compile(r"(\x1b\[\d+m)?\((ClientAppActor|raylet)[^)]*\)(\x1b\[0m)?\s*")
-OUTPUTS = ("platforms", "state", "rounds", "adapter", METRICS_FILE, "report.md", "flower.log")
+# "metrics.json" is server.run_log.METRICS_FILE (that module imports Flower and torch; a test
+# checks they agree)
+OUTPUTS = ("platforms", "state", "rounds", "adapter", "metrics.json", "report.md", "flower.log")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -123,6 +122,8 @@ def write_run_config(cfg: FedxrecConfig, path: Path) -> Path:
 
 def refusals(out: Path) -> str:
     """The sites' refusals the run recorded, for an error message ("" if none)."""
+    from server.run_log import FederationLog
+
     try:
         said = FederationLog.read(out).refusals()
     except (OSError, ValueError, TypeError):
@@ -182,6 +183,9 @@ def baseline_metrics(
     cfg: FedxrecConfig, root: Path, names: list[str]
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Popularity and ItemKNN on every simulated platform's test split (the same protocol)."""
+    from shared.metrics import ranking_metrics
+    from simulations.baselines import BASELINES, baseline_ranks
+
     out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in BASELINES}
     for platform in names:
         data = load_platform(
@@ -193,6 +197,11 @@ def baseline_metrics(
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from server.run_log import FederationLog
+    from simulations.report import format_table, render_report, results_table
+
     started = time.perf_counter()
     out = args.out.resolve()
     if args.resume:

@@ -74,6 +74,24 @@ def tiny_platform(platform_dir) -> PlatformData:
     return load_platform(platform_dir, "tiny")
 
 
+def platform_as_jsonl(csv_folder: Path, folder: Path) -> Path:
+    """The CSV platform folder written as JSON Lines (categories as lists), as a user would."""
+    import csv
+    import json
+
+    folder.mkdir(parents=True)
+    for stem in ("items", "interactions"):
+        with (
+            (csv_folder / f"{stem}.csv").open() as fh,
+            (folder / f"{stem}.jsonl").open("w") as out,
+        ):
+            for row in csv.DictReader(fh):
+                if stem == "items":
+                    row["categories"] = row["categories"].split("|")
+                out.write(json.dumps(row) + "\n")
+    return folder
+
+
 def write_synthetic_site(folder: Path, *, users: int, seed: int, prefix: str = "u") -> Path:
     """A platform folder over the tiny catalogue whose users have 4-8 interactions each."""
     import random

@@ -1,4 +1,8 @@
-"""`fedxrec rank` and `fedxrec serve`: a site ranks its own catalogue with the global adapter."""
+"""`fedxrec rank` and `fedxrec serve`: a site ranks its own catalogue with the global adapter.
+
+Building the parser imports nothing heavy (``--help`` is instant); the model, torch and FastAPI
+are imported by the commands that use them.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,14 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from clients.scorer.model import PRECISIONS, SiteScorer, load_site_scorer
-from clients.scorer.private_counts import DEFAULT_MAX_ITEMS
-from clients.scorer.ranking import Query, Recommendation, query_for_ids, recommend
+from clients.scorer.defaults import DEFAULT_MAX_ITEMS, PRECISIONS
 from shared.cli import run_command
-from shared.data import build_platform, read_interactions
-from shared.model import DEFAULT_ENCODER
+
+if TYPE_CHECKING:
+    from clients.scorer.model import SiteScorer
+    from clients.scorer.ranking import Query, Recommendation
 
 USERS_PER_BATCH = 256
 
@@ -95,7 +97,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--encoder",
         default="",
-        help=f"base encoder: a local folder or HF name (default: {DEFAULT_ENCODER})",
+        help="base encoder: a local folder or HF name (default: the installed all-MiniLM-L6-v2)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
@@ -142,6 +144,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
+    import torch
+
+    from clients.scorer.model import load_site_scorer
+
     if args.threads < 0:
         raise ValueError(f"--threads {args.threads}: use 0 (torch's default) or more")
     if args.threads:
@@ -152,7 +158,7 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         raise ValueError(f"--local-max-items {args.local_max_items}: count at least 1 item")
     if args.local_epsilon and args.text_only:
         raise ValueError("--local-epsilon makes the site's counts DP; --text-only uses none")
-    return load_site_scorer(
+    scorer = load_site_scorer(
         args.adapter,
         args.items,
         encoder=args.encoder,
@@ -165,9 +171,15 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         local_epsilon=args.local_epsilon,
         local_max_items=args.local_max_items,
     )
+    if progress:
+        print(f"fedxrec {args.command}: {scorer.cache_summary()}", file=sys.stderr, flush=True)
+    return scorer
 
 
 def run_rank(args: argparse.Namespace) -> int:
+    from clients.scorer.ranking import Query, query_for_ids, recommend
+    from shared.data import build_platform, read_interactions
+
     if args.k < 1:
         raise ValueError(f"--k {args.k} is out of range: ask for at least 1 item")
     if args.users is not None and not args.users.is_file():

@@ -3,7 +3,8 @@
 catalogues small enough to invert.
 
 They are built on the site, kept on the site's disk (safetensors, keyed by a hash of the
-interactions they count, rebuilt when those change) and used only for the site's own users' final
+interactions they count, and checked against the catalogue they were built over: rebuilt when
+either changes, or when the file is damaged) and used only for the site's own users' final
 ranking (clients/scorer/fusion.py). None of it ever enters a Flower message: the federation's DP
 guarantee covers what leaves the site, and these counts never do.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -32,6 +34,9 @@ from clients.scorer.private_counts import (
     recent_distinct_positions,
 )
 from shared.data import PlatformData
+from shared.text import Item
+
+log = logging.getLogger(__name__)
 
 FORMAT = "fedxrec-collaborative-1"
 NEIGHBOURS = 200  # ItemKNN keeps each item's most similar items; enough for any top-K we serve
@@ -53,6 +58,7 @@ class CollaborativeIndex:
     ease: torch.Tensor | None  # [items, items] EASE weights, or None for a large catalogue
     fingerprint: str  # of the interactions counted (and of the privacy settings, with DP)
     privacy: dict[str, Any] | None = None  # CountPrivacy.describe() when the counts are DP
+    catalogue: str = ""  # catalogue_ids() of the catalogue whose rows these tensors index
 
     @property
     def items(self) -> int:
@@ -90,20 +96,27 @@ class CollaborativeIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".collaborative.")
         os.close(fd)
-        save_file(
-            {k: v.contiguous() for k, v in tensors.items()},
-            tmp,
-            metadata={
-                "format": FORMAT,
-                "fingerprint": self.fingerprint,
-                "privacy": json.dumps(self.privacy),
-            },
-        )
-        os.replace(tmp, path)
+        try:
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()},
+                tmp,
+                metadata={
+                    "format": FORMAT,
+                    "fingerprint": self.fingerprint,
+                    "privacy": json.dumps(self.privacy),
+                    "catalogue": self.catalogue,
+                },
+            )
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, path: Path, fingerprint: str) -> CollaborativeIndex | None:
-        """The index saved at ``path`` if it counts exactly these interactions, else None."""
+    def load(
+        cls, path: Path, fingerprint: str, catalogue: Sequence[Item]
+    ) -> CollaborativeIndex | None:
+        """The index saved at ``path`` if it counts exactly these interactions over this
+        catalogue, else None (a damaged file is reported and rebuilt, never trusted)."""
         if not path.is_file():
             return None
         try:
@@ -113,19 +126,45 @@ class CollaborativeIndex:
                 meta = fh.metadata() or {}
             if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
                 return None
+            # (a file from before the catalogue was recorded is checked by its shapes alone)
+            if meta.get("catalogue", "") not in ("", catalogue_ids(catalogue)):
+                return None  # the catalogue changed: its rows are other items
             t = load_file(str(path))
             privacy = json.loads(meta.get("privacy", "null"))
-        except (SafetensorError, OSError, ValueError):
-            return None  # a damaged cache is rebuilt, never trusted
-        return cls(
-            t["neighbours"],
-            t["similarity"],
-            t["popularity"],
-            t["counts"],
-            t.get("ease"),
-            fingerprint,
-            privacy if isinstance(privacy, dict) else None,
-        )
+            index = cls(
+                neighbours=t["neighbours"],
+                similarity=t["similarity"],
+                popularity=t["popularity"],
+                counts=t["counts"],
+                ease=t.get("ease"),
+                fingerprint=fingerprint,
+                privacy=privacy if isinstance(privacy, dict) else None,
+                catalogue=catalogue_ids(catalogue),
+            )
+            index.check_shapes(len(catalogue))
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("ignoring the cached collaborative index %s (%s); rebuilding it", path, err)
+            return None
+        return index
+
+    def check_shapes(self, items: int) -> None:
+        """Raise ValueError unless every tensor fits a catalogue of ``items`` items."""
+        k = self.neighbours.shape[-1] if self.neighbours.ndim == 2 else -1
+        expected = {
+            "neighbours": ((items, k), torch.int64),
+            "similarity": ((items, k), torch.float32),
+            "popularity": ((items,), torch.float32),
+            "counts": ((items,), torch.float32),
+            **({"ease": ((items, items), torch.float32)} if self.ease is not None else {}),
+        }
+        for name, (shape, dtype) in expected.items():
+            tensor = getattr(self, name)
+            if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                raise ValueError(
+                    f"{name} is {tuple(tensor.shape)} {tensor.dtype}, expected {shape} {dtype}"
+                )
+        if items and not -1 <= int(self.neighbours.min()) <= int(self.neighbours.max()) < items:
+            raise ValueError("neighbours name rows outside the catalogue")
 
 
 def history_matrix(histories: Sequence[Sequence[int]], items: int) -> torch.Tensor:
@@ -135,6 +174,14 @@ def history_matrix(histories: Sequence[Sequence[int]], items: int) -> torch.Tens
         if history:
             matrix[u, list(history)] = 1.0
     return matrix
+
+
+def catalogue_ids(items: Sequence[Item]) -> str:
+    """Identity of the rows an index is built over: the catalogue's item ids, in order."""
+    digest = hashlib.blake2b(digest_size=10)
+    for item in items:
+        digest.update(item.item_id.encode("utf-8") + b"\0")
+    return digest.hexdigest()
 
 
 def interactions_fingerprint(sequences: Sequence[Sequence[int]], data: PlatformData) -> str:
@@ -189,6 +236,7 @@ def build_collaborative_index(
         counts=torch.from_numpy(counts),
         ease=_ease(gram.toarray()) if 0 < items <= ease_max_items else None,
         fingerprint=fingerprint,
+        catalogue=catalogue_ids(data.items),
     )
 
 
@@ -231,6 +279,7 @@ def _private_index(
         ease=_ease(nearest_psd(gram), regularisation) if items else None,
         fingerprint=fingerprint,
         privacy=privacy.describe(),
+        catalogue=catalogue_ids(data.items),
     )
 
 

@@ -19,7 +19,8 @@ Guarantees:
 - Concurrent requests are batched (clients/scorer/batcher.py): one worker thread owns the device
   and takes every request queued while it was busy as one batch.
 - Nothing reaches the model unchecked: content type, body size, JSON shape and types (``k`` an
-  integer, not "5" or true), empty history, unknown item ids and k are checked first and answered
+  integer, not "5" or true; an item id a string or a whole number, by the rule the site's data
+  files follow), empty history, unknown item ids and k are checked first and answered
   with a 4xx whose message names the problem. A new adapter must pass a probe batch (finite,
   sane scores) before it is served.
 """
@@ -44,6 +45,8 @@ from clients.scorer.item_index import UnknownItemError
 from clients.scorer.model import SiteScorer
 from clients.scorer.ranking import Query, query_for_ids
 from clients.scorer.service import ScorerService
+from shared import fields
+from shared.fields import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,9 @@ MAX_K = 1000
 class RankBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    history: list[str | int] | str
+    # Item ids are checked by the data files' own rule (shared/fields.py) in check_rank_body:
+    # pydantic would turn true into 1 and 1.0 into 1 before anything could refuse them.
+    history: list[Any] | str
     k: StrictInt = 10
     exclude_seen: StrictBool = True
 
@@ -88,7 +93,12 @@ def check_rank_body(body: RankBody, snapshot: SiteScorer) -> Query:
             f"history has {len(body.history)} item ids; send at most {MAX_HISTORY_IDS} (only the "
             "most recent shape the user vector)"
         )
-    ids = [str(i).strip() for i in body.history]
+    ids = []
+    for position, value in enumerate(body.history):
+        try:
+            ids.append(fields.identifier(value))
+        except FieldError as err:
+            raise BadRequest(f"history[{position}] {fields.shown(value)} {err}") from None
     if not all(ids):
         raise BadRequest("history holds an empty item id; send the ids of the items file")
     try:

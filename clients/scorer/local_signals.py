@@ -4,13 +4,31 @@ model by weights fitted on its own validation split, cached beside the item vect
 Two collaborative indexes are built from the file: one over each user's training part (all but
 the last two interactions) to fit the fusion weights on the validation split without counting its
 targets, and one over every interaction, which serving uses (the site's whole knowledge).
+
+Cache (``CACHE/local``, no pickle: safetensors and JSON, each written to a temporary file and
+renamed into place):
+
+- ``collaborative-FINGERPRINT.safetensors``: an index, keyed by what it counts (each user's item
+  ids and times, and the DP settings; clients/scorer/collaborative.py), checked against the
+  catalogue it was built over;
+- ``fusion-MODEL-FINGERPRINT-CATALOGUE.json``: the weights fitted with that model over that index
+  and catalogue;
+- ``interactions-KEY.json``: which index an interactions file gives, KEY being a hash of the
+  file's bytes, the catalogue's ids and the DP settings. A repeated ``fedxrec rank`` on the same
+  files finds its index and weights through it without reading the interactions again.
+
+A damaged or unfitting file is reported (a logged warning) and rebuilt, never trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +36,22 @@ from typing import Any
 from clients.scorer.collaborative import (
     CollaborativeIndex,
     build_collaborative_index,
+    catalogue_ids,
     index_fingerprint,
 )
+from clients.scorer.defaults import DEFAULT_MAX_ITEMS
 from clients.scorer.fusion import FIT_USERS, FusionWeights, fit_fusion
 from clients.scorer.item_index import ItemIndex
-from clients.scorer.private_counts import DEFAULT_MAX_ITEMS, CountPrivacy
+from clients.scorer.private_counts import CountPrivacy
 from shared.config import default_delta
 from shared.data import PlatformData, build_platform, find_file, read_interactions
 from shared.model import Recommender
+from shared.text import Item
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "fedxrec-interactions-1"
+COLLABORATIVE_INDEX, FUSION_WEIGHTS = "collaborative index", "fusion weights"
 
 
 @dataclass(frozen=True)
@@ -33,6 +59,7 @@ class LocalSignals:
     index: CollaborativeIndex  # over every interaction of the file
     fusion: FusionWeights  # fitted on the validation split (training-part index)
     interactions_file: Path
+    from_cache: tuple[str, ...] = ()  # COLLABORATIVE_INDEX and/or FUSION_WEIGHTS, when read back
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -75,21 +102,42 @@ def load_local_signals(
             "--local-epsilon needs the cache: the noisy counts are drawn once and kept, and "
             "without a cache every start would release them again; drop --no-cache"
         )
-    interactions = read_interactions(interactions_file, set(item_index.row_of))
     items = list(item_index.items)
+    key = tried = serving = None
+    if cache_dir is not None:  # the same file seen before: its index and weights, unread
+        key = _file_key(interactions_file, items, local_epsilon, local_max_items)
+        tried = _read_manifest(cache_dir / f"interactions-{key}.json")
+        serving = _load_index(cache_dir, tried, items) if tried else None
+    # (each cache file is read at most once: a damaged one is reported once, then rebuilt)
+    weights = _read_weights(cache_dir, model_fingerprint, serving) if serving else None
+    if serving is not None and weights is not None:
+        return LocalSignals(
+            serving, weights, interactions_file, (COLLABORATIVE_INDEX, FUSION_WEIGHTS)
+        )
+    interactions = read_interactions(interactions_file, set(item_index.row_of))
     everyone = build_platform("site", items, interactions, min_user_interactions=1)
     privacy = None
     if local_epsilon:
         privacy = CountPrivacy(
             local_epsilon, default_delta(everyone.num_users), local_max_items, releases=2
         )
-    serving = _cached_index(everyone, everyone.sequences, cache_dir, privacy)
-    weights = _read_weights(cache_dir, model_fingerprint, serving.fingerprint)
+    from_cache: tuple[str, ...] = (COLLABORATIVE_INDEX,)
+    if serving is None:
+        serving, index_cached = _cached_index(
+            everyone, everyone.sequences, cache_dir, privacy, tried=tried
+        )
+        from_cache = from_cache if index_cached else ()
+        weights = _read_weights(cache_dir, model_fingerprint, serving)
     if weights is None:
         fit_data = build_platform("site", items, interactions)
         weights = _fit(rec, item_index, fit_data, cache_dir, privacy)
-        _write_weights(cache_dir, model_fingerprint, serving.fingerprint, weights)
-    return LocalSignals(serving, weights, interactions_file)
+        _write_json(_weights_path(cache_dir, model_fingerprint, serving), weights.to_dict())
+    else:
+        from_cache += (FUSION_WEIGHTS,)
+    if key is not None:  # the next load of this file finds its index and weights without it
+        manifest = {"format": MANIFEST_FORMAT, "serving": serving.fingerprint}
+        _write_json(cache_dir / f"interactions-{key}.json", manifest)
+    return LocalSignals(serving, weights, interactions_file, from_cache)
 
 
 def _fit(
@@ -99,7 +147,7 @@ def _fit(
     cache_dir: Path | None,
     privacy: CountPrivacy | None,
 ) -> FusionWeights:
-    training = _cached_index(
+    training, _ = _cached_index(
         data, [data.train_sequence(u) for u in range(data.num_users)], cache_dir, privacy
     )
     pairs = [data.split(u, "validation") for u in range(min(data.num_users, FIT_USERS))]
@@ -109,51 +157,114 @@ def _fit(
     )
 
 
+def _index_path(cache_dir: Path, fingerprint: str) -> Path:
+    return cache_dir / f"collaborative-{fingerprint}.safetensors"
+
+
+def _load_index(
+    cache_dir: Path, fingerprint: str, items: Sequence[Item]
+) -> CollaborativeIndex | None:
+    return CollaborativeIndex.load(_index_path(cache_dir, fingerprint), fingerprint, items)
+
+
 def _cached_index(
     data: PlatformData,
     sequences: list[list[int]],
     cache_dir: Path | None,
     privacy: CountPrivacy | None,
-) -> CollaborativeIndex:
+    *,
+    tried: str | None = None,
+) -> tuple[CollaborativeIndex, bool]:
+    """The index of ``sequences`` and whether it came from the cache (``tried``: a fingerprint
+    whose cache file was read already and did not fit)."""
     fingerprint = index_fingerprint(sequences, data, privacy)
-    path = cache_dir / f"collaborative-{fingerprint}.safetensors" if cache_dir else None
-    cached = CollaborativeIndex.load(path, fingerprint) if path else None
+    readable = cache_dir is not None and fingerprint != tried
+    cached = _load_index(cache_dir, fingerprint, data.items) if readable else None
     if cached is not None:
-        return cached
+        return cached, True
     index = build_collaborative_index(data, sequences, privacy=privacy)
-    if path:
-        index.save(path)
-    return index
+    if cache_dir:
+        index.save(_index_path(cache_dir, fingerprint))
+    return index, False
 
 
-def _weights_path(cache_dir: Path | None, model: str, interactions: str) -> Path | None:
-    return cache_dir / f"fusion-{model}-{interactions}.json" if cache_dir else None
+def _file_key(path: Path, items: Sequence[Item], local_epsilon: float, local_max_items: int) -> str:
+    """What an interactions file's index depends on besides its content's meaning: its bytes,
+    the catalogue's ids (which rows exist) and the DP settings."""
+    digest = hashlib.blake2b(digest_size=12)
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    settings = {"local_epsilon": local_epsilon, "local_max_items": local_max_items}
+    digest.update(json.dumps([catalogue_ids(items), settings], sort_keys=True).encode())
+    return digest.hexdigest()
 
 
-def _read_weights(cache_dir: Path | None, model: str, interactions: str) -> FusionWeights | None:
-    path = _weights_path(cache_dir, model, interactions)
-    if path is None or not path.is_file():
+def _read_manifest(path: Path) -> str | None:
+    """The serving index's fingerprint recorded for this file key, or None."""
+    saved = _read_json(path)
+    if saved is None:
+        return None
+    fingerprint = saved.get("serving")
+    if saved.get("format") != MANIFEST_FORMAT or not isinstance(fingerprint, str):
+        log.warning("ignoring the cache file %s: not a fedxrec interactions manifest", path)
+        return None
+    return fingerprint
+
+
+def _weights_path(cache_dir: Path | None, model: str, serving: CollaborativeIndex) -> Path | None:
+    if cache_dir is None:
+        return None
+    return cache_dir / f"fusion-{model}-{serving.fingerprint}-{serving.catalogue}.json"
+
+
+def _read_weights(
+    cache_dir: Path | None, model: str, serving: CollaborativeIndex
+) -> FusionWeights | None:
+    path = _weights_path(cache_dir, model, serving)
+    saved = _read_json(path) if path else None
+    if saved is None:
         return None
     try:
-        saved = json.loads(path.read_text())
-        return FusionWeights(
-            {k: float(v) for k, v in saved["weights"].items()},
+        weights = FusionWeights(
+            {str(k): float(v) for k, v in saved["weights"].items()},
             float(saved["validation_ndcg@10"]),
             float(saved["model_only_validation_ndcg@10"]),
             int(saved["fit_on_users"]),
         )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        unknown = set(weights.weights) - {"model", *serving.signals}
+        if unknown or not all(math.isfinite(w) and w >= 0 for w in weights.weights.values()):
+            raise ValueError(f"weights {weights.weights} do not fit the signals")
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        log.warning("ignoring the damaged fusion weights %s (%s); refitting them", path, err)
         return None  # refitted, never trusted
+    return weights
 
 
-def _write_weights(
-    cache_dir: Path | None, model: str, interactions: str, weights: FusionWeights
-) -> None:
-    path = _weights_path(cache_dir, model, interactions)
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A cache file's JSON object; None when it is missing or damaged (with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("ignoring the damaged cache file %s (%s); rebuilding it", path, err)
+        return None
+    if not isinstance(saved, dict):
+        log.warning("ignoring the damaged cache file %s (not a JSON object); rebuilding it", path)
+        return None
+    return saved
+
+
+def _write_json(path: Path | None, value: dict[str, Any]) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fusion.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(weights.to_dict(), fh)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(value, fh)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

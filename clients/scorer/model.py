@@ -25,9 +25,15 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from clients.scorer.defaults import DEFAULT_MAX_ITEMS, PRECISIONS
 from clients.scorer.item_index import ItemIndex, build_item_index, default_cache_dir
-from clients.scorer.local_signals import LocalSignals, default_interactions_file, load_local_signals
-from clients.scorer.private_counts import DEFAULT_MAX_ITEMS
+from clients.scorer.local_signals import (
+    COLLABORATIVE_INDEX,
+    FUSION_WEIGHTS,
+    LocalSignals,
+    default_interactions_file,
+    load_local_signals,
+)
 from shared.adapter import (
     CONFIG_FILE,
     AdapterError,
@@ -48,8 +54,6 @@ from shared.model import (
     load_tokenizer,
     pick_device,
 )
-
-PRECISIONS = ("auto", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -194,8 +198,32 @@ class SiteScorer:
     index: ItemIndex
     items_file: Path
     local: LocalSignals | None = None  # None: text-only ranking (the model alone)
+    cache_dir: Path | None = None  # where its item vectors and local signals are cached
     model_check: dict[str, float] = field(default_factory=dict)  # the probe it passed on load
     loaded_at: float = field(default_factory=time.time)
+
+    def cache_summary(self) -> str:
+        """What this snapshot read back from its cache and what it had to build, in words."""
+        if self.cache_dir is None:
+            return "no cache (--no-cache): every item encoded, the site's signals built"
+        total, encoded = len(self.index), self.index.encoded
+        loaded, built = [], []
+        if encoded == 0:
+            loaded.append("item vectors")
+        elif encoded < total:
+            loaded.append(f"item vectors ({total - encoded} of {total})")
+        if encoded:
+            built.append(f"{encoded} item vectors encoded")
+        if self.local is not None:
+            loaded += self.local.from_cache
+            built += [
+                f"{part} built"
+                for part in (COLLABORATIVE_INDEX, FUSION_WEIGHTS)
+                if part not in self.local.from_cache
+            ]
+        parts = [f"{_and(loaded)} loaded from cache {self.cache_dir}"] if loaded else []
+        parts += [f"{_and(built)} (now cached in {self.cache_dir})"] if built else []
+        return "; ".join(parts)
 
     def describe(self) -> dict[str, Any]:
         rec = self.model.rec
@@ -219,6 +247,10 @@ class SiteScorer:
             "fusion": self.local.describe() if self.local else None,
             "loaded_at": self.loaded_at,
         }
+
+
+def _and(parts: list[str]) -> str:
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
 
 
 def load_site_scorer(
@@ -276,5 +308,10 @@ def load_site_scorer(
             local_max_items=local_max_items,
         )
     return SiteScorer(
-        model=model, index=index, items_file=items_file, local=local, model_check=model_check
+        model=model,
+        index=index,
+        items_file=items_file,
+        local=local,
+        cache_dir=cache,
+        model_check=model_check,
     )

@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import norm
 
-DEFAULT_MAX_ITEMS = 20  # chosen on validation (docs/experiments/local-dp-counts.md)
+from clients.scorer.defaults import DEFAULT_MAX_ITEMS
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,8 @@ class CountPrivacy:
 def gaussian_delta(epsilon: float, noise_multiplier: float) -> float:
     """The smallest δ for which one Gaussian release with noise multiplier z (noise std z·Δ) is
     (ε, δ)-DP: Φ(1/(2z) − εz) − e^ε·Φ(−1/(2z) − εz) (Balle & Wang 2018, Theorem 8)."""
+    from scipy.stats import norm  # a second to import; only DP counts need it
+
     z = noise_multiplier
     if z <= 0:
         return 1.0

@@ -175,3 +175,22 @@ def test_an_exhausted_site_is_refused_instead_of_sending_noise(tmp_path):
         ledger.noise_for_run("second", 0.3, 40, max_noise_multiplier=20.0)
     assert f"{left:.3f} of its ε budget 2 is left" in str(err.value)
     assert "second" not in _open(tmp_path, epsilon_budget=2.0).planned_noise
+
+
+def test_a_site_that_samples_every_user_gets_its_epsilon_without_a_numpy_warning():
+    """q = 1 (a small site): Opacus' PRV takes log(1 - q) = log 0, the right limit; its ε is the
+    analytic Gaussian mechanism's for the composed noise σ/√steps, and nothing is printed."""
+    import math
+    import warnings
+
+    from clients.federation.privacy import epsilon_of
+    from clients.scorer.private_counts import gaussian_delta
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning would fail here
+        epsilon = epsilon_of([(1.0, 1.0, 10)], 1e-5, "prv")
+        sigma = noise_for_budget(
+            [], target_epsilon=8.0, delta=1e-5, sample_rate=1.0, steps=40, accountant="prv"
+        )
+    assert gaussian_delta(epsilon, 1 / math.sqrt(10)) == pytest.approx(1e-5, rel=0.02)
+    assert 0.3 < sigma < 10

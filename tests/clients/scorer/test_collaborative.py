@@ -5,9 +5,11 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from clients.scorer.collaborative import CollaborativeIndex, build_collaborative_index
+from clients.scorer.collaborative import FORMAT, CollaborativeIndex, build_collaborative_index
 from clients.scorer.fusion import fit_fusion, fuse, simplex_grid, standardise, standardised_signals
+from shared.text import Item
 from tests.clients.scorer.support import make_platform
 
 
@@ -70,15 +72,52 @@ def test_index_is_saved_and_rebuilt_when_interactions_change(tmp_path, random_pl
     path = tmp_path / "local.safetensors"
     index = build_collaborative_index(data, data.sequences)
     index.save(path)
-    again = CollaborativeIndex.load(path, index.fingerprint)
+    again = CollaborativeIndex.load(path, index.fingerprint, data.items)
     assert again is not None and torch.equal(again.similarity, index.similarity)
     assert torch.equal(again.ease, index.ease)
     changed = [*data.sequences[:-1], data.sequences[-1] + [31]]
     other = build_collaborative_index(data, changed)
     assert other.fingerprint != index.fingerprint
-    assert CollaborativeIndex.load(path, other.fingerprint) is None  # stale: rebuild
+    assert CollaborativeIndex.load(path, other.fingerprint, data.items) is None  # stale: rebuild
     path.write_bytes(b"damaged")
-    assert CollaborativeIndex.load(path, index.fingerprint) is None
+    assert CollaborativeIndex.load(path, index.fingerprint, data.items) is None
+
+
+def test_an_index_of_another_catalogue_is_never_read_back(tmp_path, random_platform):
+    """The interactions alone do not say which rows the tensors index: a catalogue with one more
+    item (or the same items in another order) needs its own index."""
+    data = random_platform
+    path = tmp_path / "local.safetensors"
+    index = build_collaborative_index(data, data.sequences)
+    index.save(path)
+    longer = [*data.items, Item("new", "a new item")]
+    assert CollaborativeIndex.load(path, index.fingerprint, longer) is None
+    assert CollaborativeIndex.load(path, index.fingerprint, data.items[::-1]) is None
+    assert CollaborativeIndex.load(path, index.fingerprint, data.items) is not None
+
+
+@pytest.mark.parametrize("damage", ["shape", "neighbour", "missing"])
+def test_a_cached_index_whose_tensors_do_not_fit_is_rebuilt(tmp_path, random_platform, damage):
+    data = random_platform
+    index = build_collaborative_index(data, data.sequences)
+    tensors = {
+        "neighbours": index.neighbours,
+        "similarity": index.similarity,
+        "popularity": index.popularity,
+        "counts": index.counts,
+        "ease": index.ease,
+    }
+    if damage == "shape":
+        tensors["counts"] = tensors["counts"][:-1].clone()
+    elif damage == "neighbour":
+        tensors["neighbours"] = tensors["neighbours"].clone()
+        tensors["neighbours"][0, 0] = len(data.items)
+    else:
+        del tensors["similarity"]
+    path = tmp_path / "local.safetensors"
+    tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    save_file(tensors, str(path), metadata={"format": FORMAT, "fingerprint": index.fingerprint})
+    assert CollaborativeIndex.load(path, index.fingerprint, data.items) is None
 
 
 def test_standardise_ignores_the_history():

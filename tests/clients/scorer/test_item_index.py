@@ -6,12 +6,7 @@ from clients.scorer.item_index import catalogue_hash, default_cache_dir, encode_
 from clients.scorer.model import load_scorer_model, load_site_scorer, model_config_for_adapter
 from shared.adapter import AdapterError
 from shared.text import item_text
-from tests.clients.scorer.support import save_tiny_adapter, save_tiny_encoder
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_vocab, tmp_path_factory):
-    return save_tiny_encoder(tiny_vocab, tmp_path_factory.mktemp("encoder"))
+from tests.clients.scorer.support import save_tiny_adapter
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def test_dp_index_differs_from_the_exact_one_and_reports_its_privacy(tmp_path):
     assert (noisy.counts >= 0).all() and noisy.ease is not None
     assert torch.isfinite(noisy.ease).all()
     noisy.save(tmp_path / "dp.safetensors")
-    back = CollaborativeIndex.load(tmp_path / "dp.safetensors", noisy.fingerprint)
+    back = CollaborativeIndex.load(tmp_path / "dp.safetensors", noisy.fingerprint, data.items)
     assert back is not None and back.privacy == noisy.privacy
     assert torch.equal(back.popularity, noisy.popularity)  # drawn once, kept, not redrawn
 

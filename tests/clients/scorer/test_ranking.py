@@ -10,19 +10,8 @@ from shared.adapter import get_adapter_arrays, save_adapter
 from shared.config import ModelConfig
 from shared.model import build_recommender
 from simulations.cli import main
-from tests.clients.scorer.support import save_tiny_adapter, save_tiny_encoder
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_vocab, tmp_path_factory):
-    return save_tiny_encoder(tiny_vocab, tmp_path_factory.mktemp("encoder"))
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_vocab, tmp_path_factory):
-    return save_tiny_adapter(tiny_vocab, tmp_path_factory.mktemp("a") / "adapter", seed=7)
 
 
 @pytest.fixture

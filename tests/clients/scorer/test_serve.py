@@ -12,17 +12,12 @@ from clients.scorer.http_api import MAX_BODY_BYTES, bind, build_server, create_a
 from clients.scorer.model import load_site_scorer
 from clients.scorer.ranking import query_for_ids, recommend
 from clients.scorer.service import ScorerService, watched_files
-from tests.clients.scorer.support import save_tiny_adapter, save_tiny_encoder
+from tests.clients.scorer.support import save_tiny_adapter
 
 TOL = 1e-4
 HISTORY = ["m4", "m1", "m2"]
 TOKEN = "an-admin-token-for-the-tests"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_vocab, tmp_path_factory):
-    return save_tiny_encoder(tiny_vocab, tmp_path_factory.mktemp("encoder"))
 
 
 @pytest.fixture
@@ -118,6 +113,11 @@ BAD_REQUESTS = [
     ({"history": ["m1"], "k": "many"}, 422, "k: Input should be a valid integer"),
     ({"history": ["m1"], "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
     ({"history": {"m1": 1}}, 422, "history"),
+    ({"history": ["m1", True]}, 422, "history[1] true is not an id"),
+    ({"history": ["m1", 1.5]}, 422, "history[1] 1.5 is not an id"),
+    ({"history": [None]}, 422, "history[0] null is not an id"),
+    ({"history": [["m1"]]}, 422, 'history[0] ["m1"] is not an id'),
+    ({"history": [{"id": "m1"}]}, 422, 'history[0] {"id": "m1"} is not an id'),
     ({"history": ["m1"] * 1001}, 422, "history has 1001 item ids"),
     ({"history": "x" * 10_001}, 422, "10001 characters"),
 ]

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from contextlib import suppress
 from pathlib import Path
 
+from simulations.launch.progress import FlowerRunError, Patience, Watched, last_lines
 from simulations.launch.superlink import (
-    FlowerRunError,
+    CLI,
+    RUN,
     LocalSuperLink,
     descendants,
     free_port,
@@ -59,6 +60,7 @@ class LocalSuperNode:
         self.port = free_port()
         self.log_path = log_path or link.home / f"supernode-{platform}.log"
         self.process: subprocess.Popen | None = None
+        self.offset = 0
 
     def command(self) -> list[str]:
         command = ["flower-supernode", "--superlink", self.link.address, "--port", str(self.port)]
@@ -78,6 +80,7 @@ class LocalSuperNode:
     def start(self) -> LocalSuperNode:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a") as log:
+            self.offset = log.tell()  # where this start's lines begin (a restart appends)
             self.process = subprocess.Popen(
                 self.command(),
                 env=self.link.env,  # the link's tag: its stop() finds every site process too
@@ -87,28 +90,49 @@ class LocalSuperNode:
                 start_new_session=True,
                 cwd=self.link.home,
             )
+        self.link.nodes.append(self)  # the link's waits watch this site too
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def name(self) -> str:
+        return f"SuperNode {self.platform} (PID {self.pid})"
+
+    def watched(self, busy: bool = False) -> Watched:
+        return Watched(f"SuperNode {self.platform}", self.pid, self.log_path, busy)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_for_exit(self, timeout: float) -> int | None:
+    def wait_for_exit(self, patience: Patience = CLI) -> int:
+        """Wait until the SuperNode exits (one that is refused does); returns its exit code."""
         assert self.process is not None
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        process = self.process
+        return self.link.wait_until(
+            f"{self.name} to exit", process.poll, patience=patience, also=[self.watched(busy=True)]
+        )
 
-    def wait_for_log(self, text: str, timeout: float, after: int = 0) -> None:
-        """Block until ``text`` appears in the log past offset ``after``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log()[after:]:
-                return
+    def wait_for_log(
+        self, text: str, *, after: int | None = None, patience: Patience = RUN
+    ) -> None:
+        """Wait until ``text`` appears in this start's log (past offset ``after``); the wait
+        watches the whole federation, since a site's next line waits on the coordinator."""
+        start = self.offset if after is None else after
+
+        def logged() -> bool:
+            if text in self.log()[start:]:
+                return True
             if self.process is not None and self.process.poll() is not None:
-                raise FlowerRunError(f"SuperNode {self.platform} exited; see {self.log_path}")
-            time.sleep(0.2)
-        raise FlowerRunError(f"SuperNode {self.platform} never logged {text!r}")
+                raise FlowerRunError(
+                    f"{self.name} exited with code {self.process.returncode} before it logged "
+                    f"{text!r}; see {self.log_path}:\n" + "\n".join(last_lines(self.log_path))
+                )
+            return False
+
+        self.link.wait_until(f"{self.name} to log {text!r}", logged, patience=patience)
 
     def pids(self) -> set[int]:
         """The SuperNode and everything below it (its SuperExec and ClientApp processes)."""
@@ -136,12 +160,14 @@ class LocalSuperNode:
         return left
 
 
-def wait_until_online(link: LocalSuperLink, count: int, timeout: float = 90.0) -> list[dict]:
-    """Poll ``flwr supernode ls`` until ``count`` SuperNodes are online."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        online = [n for n in link.supernodes() if n.get("status") == "online"]
-        if len(online) >= count:
-            return online
-        time.sleep(1)
-    raise FlowerRunError(f"fewer than {count} SuperNodes came online within {timeout:.0f}s")
+def wait_until_online(link: LocalSuperLink, count: int, patience: Patience = RUN) -> list[dict]:
+    """Ask ``flwr supernode ls`` every few seconds until ``count`` SuperNodes are online."""
+    online: list[dict] = []
+
+    def enough() -> list[dict] | None:
+        online[:] = [n for n in link.supernodes() if n.get("status") == "online"]
+        return online if len(online) >= count else None
+
+    return link.wait_until(  # each question is a `flwr` process of its own: one every 3 s
+        lambda: f"{count} SuperNodes online (now {len(online)})", enough, patience=patience, poll=3
+    )

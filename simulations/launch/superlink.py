@@ -28,15 +28,31 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Protocol, TypeVar
 
+from simulations.launch.progress import (
+    FlowerRunError,
+    Patience,
+    Progress,
+    Watched,
+    descendants,
+    last_lines,
+    state,
+    wait_for,
+)
+
+T = TypeVar("T")
 TAG_VARIABLE = "FEDXREC_PROCESS_TAG"
+STARTUP = Patience(stall=60.0, cap=600.0)  # a SuperLink starting
+CLI = Patience(stall=60.0, cap=600.0)  # one `flwr` CLI call
+RUN = Patience(stall=600.0, cap=None)  # a run: fails only when nothing moved for 10 minutes
 
 
-class FlowerRunError(RuntimeError):
-    """The Flower run did not finish successfully."""
+class Watchable(Protocol):
+    def watched(self) -> Watched: ...
 
 
 def free_port() -> int:
@@ -76,20 +92,6 @@ def flower_env(flwr_home: Path, *, use_gpu: bool = False) -> dict[str, str]:
 # ---- finding and stopping what we started -------------------------------------------------------
 
 
-def _proc_children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
 def tagged_processes(tag: str, root: int | None = None) -> set[int]:
     """PIDs carrying ``tag`` in their environment, plus every descendant of ``root``."""
     found: set[int] = set()
@@ -106,27 +108,11 @@ def tagged_processes(tag: str, root: int | None = None) -> set[int]:
     return found
 
 
-def descendants(root: int) -> set[int]:
-    """Every process below ``root``, whatever session or process group it started."""
-    found: set[int] = set()
-    children, todo = _proc_children(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def stop_processes(pids: set[int], grace: float = 8.0) -> set[int]:
     """SIGTERM, wait, SIGKILL; returns PIDs still alive (should be none)."""
 
     def alive(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return state[state.rindex(")") + 2] != "Z"
+        return state(pid) == "running"
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
@@ -170,6 +156,7 @@ class LocalSuperLink:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.log_path = self.home / "superlink.log"
+        self.nodes: list[Watchable] = []  # the SuperNodes started against it (launch/deployment)
 
     @property
     def address(self) -> str:
@@ -197,7 +184,31 @@ class LocalSuperLink:
             return f"http://{self.address}/health", None
         return f"https://{self.address}/health", ssl.create_default_context(cafile=self.ca_file)
 
-    def start(self, timeout: float = 60.0) -> None:
+    def _watched(self, busy: bool = False) -> Watched:
+        pid = self.process.pid if self.process else None
+        return Watched(f"SuperLink {self.address}", pid, self.log_path, busy)
+
+    def watched(self) -> list[Watched]:
+        """The SuperLink and every SuperNode started against it: what a wait on it watches."""
+        return [self._watched(), *(node.watched() for node in self.nodes)]
+
+    def wait_until(
+        self,
+        what: str | Callable[[], str],
+        done: Callable[[], T | None],
+        *,
+        folders: Iterable[Path] = (),
+        patience: Patience = RUN,
+        also: Iterable[Watched] = (),
+        counter: Callable[[], int] | None = None,
+        poll: float = 0.5,
+    ) -> T:
+        """``wait_for`` ``done``, watching this federation's processes, their logs and
+        ``folders``: it fails only when none of them progressed for ``patience.stall`` s."""
+        progress = Progress([*self.watched(), *also], folders, counter, "`flwr run` output")
+        return wait_for(what, done, progress, patience, poll)
+
+    def start(self, patience: Patience = STARTUP) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         security = (
             f'root-certificates = "{self.ca_file}"\n' if self.ca_file else "insecure = true\n"
@@ -227,23 +238,23 @@ class LocalSuperLink:
                 start_new_session=True,
                 cwd=self.home,
             )
-        deadline = time.monotonic() + timeout
         url, context = self._health_url_context()
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
+            assert self.process is not None
             if self.process.poll() is not None:
                 raise FlowerRunError(
-                    f"flower-superlink exited with code {self.process.returncode}; see {self.log_path}"
+                    f"flower-superlink exited with code {self.process.returncode}; see "
+                    f"{self.log_path}:\n" + "\n".join(last_lines(self.log_path))
                 )
             try:
                 with urllib.request.urlopen(url, timeout=1, context=context) as r:
-                    if r.status == 200:
-                        return
+                    return r.status == 200
             except OSError:
-                pass
-            time.sleep(0.2)
-        raise FlowerRunError(
-            f"the SuperLink was not ready within {timeout:.0f}s; see {self.log_path}"
-        )
+                return False
+
+        progress = Progress([self._watched(busy=True)])
+        wait_for(f"the SuperLink to answer {url}", healthy, progress, patience, 0.2)
 
     def stop(self) -> set[int]:
         """Stop the SuperLink and everything it started; returns any PID that survived."""
@@ -257,16 +268,35 @@ class LocalSuperLink:
                 self.process.wait(timeout=5)
         return left
 
-    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["flwr", *args],
+    def flwr(self, *args: str, patience: Patience = CLI) -> subprocess.CompletedProcess:
+        """One ``flwr`` CLI call; it fails when neither it nor the SuperLink got anywhere for
+        ``patience.stall`` s (it is killed then)."""
+        command = ["flwr", *args]
+        proc = subprocess.Popen(
+            command,
             env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
+            text=True,
         )
+
+        def finished() -> tuple[str, str] | None:
+            try:
+                return proc.communicate(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                return None
+
+        progress = Progress(
+            [Watched(f"`flwr {args[0]}`", proc.pid, busy=True), self._watched(True)]
+        )
+        try:
+            out, err = wait_for(f"`{' '.join(command)}` to finish", finished, progress, patience, 0)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
     def run_app(
         self,
@@ -276,44 +306,66 @@ class LocalSuperLink:
         federation_config: str = "",
         on_line: Callable[[str], None] = lambda line: print(line, end="", flush=True),
         log_path: Path | None = None,
+        folders: Iterable[Path] = (),
+        patience: Patience = RUN,
     ) -> int:
-        """``flwr run --stream``; returns the run id once the run finished successfully."""
+        """``flwr run --stream``; returns the run id once the run finished successfully. It is
+        stopped (and this raises) when neither its output, this federation's processes and logs
+        nor ``folders`` progressed for ``patience.stall`` s."""
         command = ["flwr", "run", str(app_dir), self.name, "--stream"]
         if federation_config:
             command += ["--federation-config", federation_config]
         if run_config is not None:
             command += ["--run-config", str(run_config)]
-        run_id = None
-        log = log_path.open("w") if log_path else None
-        try:
-            proc = subprocess.Popen(
-                command,
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                bufsize=1,
-                start_new_session=True,
-            )
+        found: list[int] = []
+        lines = [0]
+        log = log_path.open("w", buffering=1) if log_path else None  # line by line: its report
+        proc = subprocess.Popen(
+            command,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+
+        def read() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
                 if log:
                     log.write(line)
                 on_line(line)
-                if run_id is None and (m := re.search(r"started run (\d+)", line)):
-                    run_id = int(m.group(1))
-            code = proc.wait()
+                lines[0] += 1
+                if not found and (m := re.search(r"started run (\d+)", line)):
+                    found.append(int(m.group(1)))
+
+        reader = threading.Thread(target=read, name="flwr-run-output", daemon=True)
+        reader.start()
+        try:
+            code = self.wait_until(
+                lambda: f"`flwr run` to end (run {found[0] if found else 'not started yet'})",
+                lambda: None if reader.is_alive() else proc.wait(),
+                folders=folders,
+                patience=patience,
+                also=[Watched("`flwr run --stream`", proc.pid, log_path)],
+                counter=lambda: lines[0],
+            )
         finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            reader.join(timeout=5)
             if log:
                 log.close()
-        if run_id is None:
+        if not found:
             raise FlowerRunError(f"`flwr run` did not start a run (exit code {code})")
-        status = self.run_status(run_id)
+        status = self.run_status(found[0])
         # `flwr run --stream` exits 0 even when the ServerApp failed: the run's status tells.
         if status != "finished:completed":
-            raise FlowerRunError(f"Flower run {run_id} ended with status '{status}'")
-        return run_id
+            raise FlowerRunError(f"Flower run {found[0]} ended with status '{status}'")
+        return found[0]
 
     def start_run(self, app_dir: Path, *, run_config: Path | None = None) -> int:
         """``flwr run`` without streaming: returns the new run's id at once."""
@@ -325,15 +377,34 @@ class LocalSuperLink:
             raise FlowerRunError(f"`flwr run` did not start a run: {result.stdout}{result.stderr}")
         return int(m.group(1))
 
-    def wait_for_run(self, run_id: int, timeout: float, poll: float = 3.0) -> str:
-        """Poll the run's status until it is finished; returns it (e.g. "finished:completed")."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.run_status(run_id)
-            if status.startswith("finished"):
-                return status
-            time.sleep(poll)
-        raise FlowerRunError(f"Flower run {run_id} did not finish within {timeout:.0f}s")
+    def wait_for_run(
+        self, run_id: int, *, folders: Iterable[Path] = (), patience: Patience = RUN
+    ) -> str:
+        """Wait until the run is finished; returns its status (e.g. "finished:completed").
+
+        The SuperLink logs when the run's ServerApp task ends; the status is asked then (and
+        every 30 s besides, a `flwr ls` being a process of its own)."""
+        ended = re.compile(rf"Finished task \d+ of run {run_id}\b".encode())
+        status = ["not asked yet"]
+        asked, offset = [time.monotonic()], [0]
+
+        def finished() -> str | None:
+            with self.log_path.open("rb") as fh:
+                fh.seek(offset[0])
+                new = fh.read()
+            offset[0] += new.rfind(b"\n") + 1  # a partial last line is read again next time
+            if ended.search(new) or time.monotonic() - asked[0] > 30:
+                status[0], asked[0] = self.run_status(run_id), time.monotonic()
+                if status[0].startswith("finished"):
+                    return status[0]
+            return None
+
+        return self.wait_until(
+            lambda: f"Flower run {run_id} to finish (its status: {status[0]})",
+            finished,
+            folders=folders,
+            patience=patience,
+        )
 
     def register_supernode(self, public_key: Path) -> int:
         """Admit the SuperNode holding this key's private half; returns its node id."""

@@ -1,14 +1,19 @@
 """The Deployment Engine end to end: SuperLinks and SuperNodes on 127.0.0.1, TLS and node auth on.
 
-Five federations on five SuperLinks that run side by side (a deployment round is mostly waiting:
-Flower polls every 3 s and starts a process per message, so the scenarios share two cores well):
+Five federations on five SuperLinks, two at a time, each stopped by PID as soon as it is done.
+A deployment round alternates waiting (Flower polls every 3 s) with work (every message starts a
+ClientApp process that imports torch, transformers, peft and Opacus: 6-12 CPU s), so two scenarios
+keep two cores busy; five at once had fifteen SuperNodes fighting over them. The scenarios:
 - "plain": 2 rounds of plain FedAvg, while a SuperNode with an unregistered key is refused;
-- "resume": the coordinator is killed after round 1 and resumed (a site restarts meanwhile);
+- "resume": the coordinator is killed after round 1 and resumed (a site restarts meanwhile),
+  then the sites personalise (the other scenarios skip it: a ClientApp process per site);
 - "secagg": 2 rounds under SecAgg+, sites keeping a copy of what they sent (on their own disk);
 - "dropout": 3 sites with a minimum of 2; one is killed (SIGKILL) in the middle of round 1;
 - "secagg-dropout": the same under SecAgg+ (3 shares, threshold 2): the killed site's masks are
   reconstructed from the others' shares and the aggregate is the survivors' FedAvg.
-Every process is stopped by PID at the end; the last test asserts that none is left.
+The last test asserts that no process is left. No wait has a fixed time limit: each fails when
+nothing in its federation (logs, files, processes) progressed for ``PATIENCE.stall`` seconds,
+naming every process, what it was waiting for and the last lines of its log.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from server.checkpoint import Checkpoint
 from server.run_log import FederationLog
 from shared.adapter import adapter_hash, read_adapter, read_adapter_metadata
 from simulations.launch.deployment import LocalSuperNode
+from simulations.launch.progress import Patience, WaitError
 from simulations.launch.superlink import TAG_VARIABLE, LocalSuperLink, descendants
 
 from .conftest import DeployKit
@@ -38,7 +44,9 @@ from .conftest import DeployKit
 pytestmark = pytest.mark.integration
 
 APP_DIR = Path(__file__).resolve().parents[2]
-DROPOUT_TIMEOUT = 90.0  # seconds a round waits for a site that died; the live ones reply sooner
+PATIENCE = Patience(stall=180.0, cap=1800.0)  # each wait: 3 min without progress, 30 min in all
+AT_ONCE = 2  # scenarios running side by side
+PERSONALIZE = {"train.personalize_steps": 2}  # the sites personalise after the last round
 
 
 def _link(kit: DeployKit, name: str, links: list[LocalSuperLink]) -> LocalSuperLink:
@@ -61,16 +69,20 @@ def _site(kit: DeployKit, link: LocalSuperLink, site: str, chain: str, **kw) -> 
     ).start()
 
 
-def _wait_for_checkpoint(out: Path, server_round: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _watching(out: Path) -> dict[str, Any]:
+    """A run's waits: its output folder counts as progress, the scenarios' patience applies."""
+    return {"folders": [out], "patience": PATIENCE}
+
+
+def _wait_for_checkpoint(link: LocalSuperLink, out: Path, server_round: int) -> None:
+    def written() -> bool:
         try:
-            if Checkpoint.read(out).round >= server_round:
-                return
-        except ValueError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"no checkpoint of round {server_round} in {out}")
+            return Checkpoint.read(out).round >= server_round
+        except ValueError:  # none yet, or being written
+            return False
+
+    what = f"the coordinator to checkpoint round {server_round} in {out}"
+    link.wait_until(what, written, folders=[out], patience=PATIENCE)
 
 
 def _kill_serverapps(link: LocalSuperLink) -> int:
@@ -104,13 +116,16 @@ def plain_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
         private_key=kit.site_key("rogue"),  # a valid key pair, never registered
     ).start()
     cfg, rc = kit.run_config("plain", {})
-    started = time.perf_counter()
-    run_id = link.run_app(APP_DIR, run_config=rc, on_line=lambda line: None)
+    out = Path(cfg.federation.out_dir)
+    run_id = link.run_app(APP_DIR, run_config=rc, on_line=lambda line: None, **_watching(out))
+    try:
+        rogue_exit: int | str = rogue.wait_for_exit()
+    except WaitError as err:  # its test fails with this
+        rogue_exit = str(err)
     return {
         "run_id": run_id,
-        "seconds": time.perf_counter() - started,
-        "out": Path(cfg.federation.out_dir),
-        "rogue_exit": rogue.wait_for_exit(timeout=60),
+        "out": out,
+        "rogue_exit": rogue_exit,
         "rogue_log": rogue.log(),
         "known_nodes": link.supernodes(),
     }
@@ -122,25 +137,25 @@ def resume_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
     for site in ("action", "comedy"):
         link.register_supernode(kit.site_pub(site))
         sites[site] = _site(kit, link, site, "resume")
-    cfg, first_rc = kit.run_config("resume", {})
+    cfg, first_rc = kit.run_config("resume", PERSONALIZE)
     out = Path(cfg.federation.out_dir)
-    started = time.perf_counter()
     link.start_run(APP_DIR, run_config=first_rc)
-    _wait_for_checkpoint(out, 1, timeout=600)
+    _wait_for_checkpoint(link, out, 1)
     killed = _kill_serverapps(link)
     round1 = adapter_hash(read_adapter(out / "rounds" / "round-001"))
     sites["comedy"].stop()  # a site restarts too, with the same key and state folder
     sites["comedy"] = _site(
         kit, link, "comedy", "resume", log_path=kit.root / "resume" / "comedy-restarted.log"
     )
-    _, resume_rc = kit.run_config("resume", {"federation.resume": True})
-    resumed_run = link.run_app(APP_DIR, run_config=resume_rc, on_line=lambda line: None)
+    _, resume_rc = kit.run_config("resume", {**PERSONALIZE, "federation.resume": True})
+    resumed_run = link.run_app(
+        APP_DIR, run_config=resume_rc, on_line=lambda line: None, **_watching(out)
+    )
     return {
         "out": out,
         "killed": killed,
         "round1_hash_before": round1,
         "resumed_run": resumed_run,
-        "seconds": time.perf_counter() - started,
         "ledger": kit.root / "resume" / "state" / "comedy" / "privacy_ledger.json",
     }
 
@@ -151,14 +166,13 @@ def secagg_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
         link.register_supernode(kit.site_pub(site))
         _site(kit, link, site, "secagg", keep_updates=True)
     cfg, rc = kit.run_config("secagg", {"federation.secure_aggregation": True})
+    out = Path(cfg.federation.out_dir)
     lines: list[str] = []
-    started = time.perf_counter()
-    run_id = link.run_app(APP_DIR, run_config=rc, on_line=lines.append)
+    run_id = link.run_app(APP_DIR, run_config=rc, on_line=lines.append, **_watching(out))
     return {
         "cfg": cfg,
         "run_id": run_id,
-        "seconds": time.perf_counter() - started,
-        "out": Path(cfg.federation.out_dir),
+        "out": out,
         "coordinator_log": "".join(lines) + link.log_path.read_text(errors="replace"),
         "updates": kit.root / "secagg" / "state",
     }
@@ -170,11 +184,11 @@ def _three_sites_one_killed(
     name: str,
     settings: dict[str, Any],
     kill_when: str,
-    timeout: float,
     keep_updates: bool = False,
 ) -> dict[str, Any]:
     """A 1-round federation of three sites (two replies suffice) where drama is killed as soon as
-    its log shows ``kill_when``."""
+    its log shows ``kill_when``. The round does not wait out its timeout for drama: the SuperLink
+    answers for a node that stopped sending heartbeats (within a minute)."""
     link = _link(kit, name, links)
     sites = {}
     for site in ("action", "comedy", "drama"):
@@ -187,30 +201,27 @@ def _three_sites_one_killed(
             "federation.platforms": 3,
             "federation.min_nodes": 2,
             "federation.rounds": 1,
-            "federation.round_timeout": DROPOUT_TIMEOUT,
         },
     )
+    out = Path(cfg.federation.out_dir)
     started = time.perf_counter()
     run_id = link.start_run(APP_DIR, run_config=rc)
-    sites["drama"].wait_for_log(kill_when, timeout=600)
+    sites["drama"].wait_for_log(kill_when, patience=PATIENCE)
     sites["drama"].kill()
     killed_at = time.perf_counter() - started
-    status = link.wait_for_run(run_id, timeout=timeout)
+    status = link.wait_for_run(run_id, **_watching(out))
     return {
         "cfg": cfg,
         "status": status,
         "killed_at": killed_at,
-        "seconds": time.perf_counter() - started,
-        "out": Path(cfg.federation.out_dir),
+        "out": out,
         "updates": kit.root / name / "state",
     }
 
 
 def dropout_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
     # The round's train message has reached the site: its ClientApp is starting. Kill the site.
-    return _three_sites_one_killed(
-        kit, links, "dropout", {}, kill_when="Receiving: train message", timeout=600
-    )
+    return _three_sites_one_killed(kit, links, "dropout", {}, kill_when="Receiving: train message")
 
 
 def secagg_dropout_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[str, Any]:
@@ -226,44 +237,63 @@ def secagg_dropout_chain(kit: DeployKit, links: list[LocalSuperLink]) -> dict[st
         "secagg-dropout",
         secagg,
         kill_when="drama: training round 1",
-        timeout=900,
         keep_updates=True,
     )
 
 
+# Longest first, so that the last one to start is a short one.
 CHAINS: dict[str, Callable[[DeployKit, list[LocalSuperLink]], dict[str, Any]]] = {
-    "plain": plain_chain,
     "resume": resume_chain,
     "secagg": secagg_chain,
-    "dropout": dropout_chain,
     "secagg-dropout": secagg_dropout_chain,
+    "plain": plain_chain,
+    "dropout": dropout_chain,
 }
+
+
+def _scenario(
+    chain: Callable, kit: DeployKit, survivors: set[int], tags: list[str]
+) -> dict[str, Any] | str:
+    """Run one scenario and stop every process it started (by PID) as soon as it is done; its
+    result, or the traceback its tests fail with."""
+    links: list[LocalSuperLink] = []
+    started = time.perf_counter()
+    try:
+        result: dict[str, Any] | str = chain(kit, links)
+    except Exception:  # the chain's tests fail with this; the others still run
+        result = traceback.format_exc()
+    finally:
+        for link in links:
+            survivors |= link.stop()
+            tags.append(link.tag)
+    if isinstance(result, dict):
+        result["seconds"] = time.perf_counter() - started
+    return result
 
 
 @pytest.fixture(scope="module")
 def deployment(deploy_kit):
-    links: list[LocalSuperLink] = []
-    results: dict[str, Any] = {}
+    survivors: set[int] = set()
+    tags: list[str] = []
     started = time.perf_counter()
-    with ThreadPoolExecutor(len(CHAINS)) as pool:
-        futures = {name: pool.submit(chain, deploy_kit, links) for name, chain in CHAINS.items()}
-        for name, future in futures.items():
-            try:
-                results[name] = future.result()
-            except Exception:  # the chain's tests fail with this; the others still run
-                results[name] = traceback.format_exc()
-    survivors = set()
-    for link in links:
-        survivors |= link.stop()
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        futures = {
+            name: pool.submit(_scenario, chain, deploy_kit, survivors, tags)
+            for name, chain in CHAINS.items()
+        }
+        results: dict[str, Any] = {name: future.result() for name, future in futures.items()}
     results["survivors"] = survivors
-    results["tags"] = [link.tag for link in links]
+    results["tags"] = tags
     shown = [
         f"{name} {results[name]['seconds']:.0f}s"
         if isinstance(results[name], dict)
         else f"{name} failed"  # its tests say why
         for name in CHAINS
     ]
-    print(f"\ndeployment: {time.perf_counter() - started:.0f}s wall ({', '.join(shown)})")
+    print(
+        f"\ndeployment: {time.perf_counter() - started:.0f}s wall, {AT_ONCE} scenarios at a time "
+        f"({', '.join(shown)})"
+    )
     return results
 
 

@@ -28,7 +28,8 @@ import torch
 from clients.federation.examples import build_batch, trainable_users
 from clients.federation.training import user_losses
 from shared.adapter import set_adapter_arrays
-from shared.config import FedxrecConfig, add_config_arguments, default_delta, parse_overrides
+from shared.config import FedxrecConfig, default_delta
+from shared.config_files import add_config_arguments, parse_overrides
 from shared.data import PlatformData
 from shared.model import Recommender, pick_device, process_recommender
 from simulations.compare.data import load_platforms

@@ -20,13 +20,8 @@ import time
 from pathlib import Path
 
 from server.checkpoint import CHECKPOINT_FILE
-from shared.config import (
-    ConfigError,
-    FedxrecConfig,
-    add_config_arguments,
-    parse_overrides,
-    read_toml_config,
-)
+from shared.config import ConfigError, FedxrecConfig
+from shared.config_files import add_config_arguments, parse_overrides, read_toml_config
 from shared.data import load_platform
 from simulations.data.partition import add_data_arguments, data_overrides, prepare_platforms
 from simulations.launch.superlink import FlowerRunError, local_superlink

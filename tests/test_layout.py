@@ -56,3 +56,19 @@ def test_the_checker_sees_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from simulations.cli import main\nimport server.certs\n")
     assert imported_modules(bad) == ["simulations.cli", "server.certs"]
+
+
+def test_every_test_file_below_a_folder_mirrors_a_module():
+    """tests/A/B/test_C.py tests A/B/C.py or the package A/B/C; tests/test_*.py are about the
+    repository as a whole (its layout, its compose file)."""
+    strays = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        rel = path.relative_to(ROOT / "tests")
+        if len(rel.parts) == 1:
+            continue
+        name = rel.name.removeprefix("test_").removesuffix(".py")
+        module = ROOT / rel.parent / f"{name}.py"
+        package = ROOT / rel.parent / name / "__init__.py"
+        if not (module.exists() or package.exists()):
+            strays.append(str(rel))
+    assert strays == []

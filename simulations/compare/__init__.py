@@ -36,7 +36,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from shared.config import add_config_arguments
+from shared.config_files import add_config_arguments
 from simulations.compare.plan import (
     DEFAULT_EPSILONS,
     DEFAULT_SEEDS,

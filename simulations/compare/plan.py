@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config import ConfigError, FedxrecConfig, parse_overrides
+from shared.config import ConfigError, FedxrecConfig
+from shared.config_files import parse_overrides
 from shared.data import PlatformData
 from simulations.compare.records import Method
 from simulations.data.partition import data_overrides

@@ -15,15 +15,9 @@ import subprocess
 from contextlib import suppress
 from pathlib import Path
 
-from simulations.launch.progress import FlowerRunError, Patience, Watched, last_lines
-from simulations.launch.superlink import (
-    CLI,
-    RUN,
-    LocalSuperLink,
-    descendants,
-    free_port,
-    stop_processes,
-)
+from simulations.launch.processes import free_port, stop_processes
+from simulations.launch.progress import FlowerRunError, Patience, Watched, descendants, last_lines
+from simulations.launch.superlink import CLI, RUN, LocalSuperLink
 
 
 def node_config(**values: str | int | float | bool) -> str:
@@ -158,16 +152,3 @@ class LocalSuperNode:
             except subprocess.TimeoutExpired:
                 left.add(self.process.pid)
         return left
-
-
-def wait_until_online(link: LocalSuperLink, count: int, patience: Patience = RUN) -> list[dict]:
-    """Ask ``flwr supernode ls`` every few seconds until ``count`` SuperNodes are online."""
-    online: list[dict] = []
-
-    def enough() -> list[dict] | None:
-        online[:] = [n for n in link.supernodes() if n.get("status") == "online"]
-        return online if len(online) >= count else None
-
-    return link.wait_until(  # each question is a `flwr` process of its own: one every 3 s
-        lambda: f"{count} SuperNodes online (now {len(online)})", enough, patience=patience, poll=3
-    )

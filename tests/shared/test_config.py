@@ -1,6 +1,7 @@
 import pytest
 
-from shared.config import ConfigError, FedxrecConfig, parse_overrides
+from shared.config import ConfigError, FedxrecConfig
+from shared.config_files import parse_overrides
 
 
 def test_defaults_are_valid_and_round_trip_through_flat_keys():

@@ -11,7 +11,7 @@ import yaml
 
 from simulations.data.partition import GENRE_GROUPS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SITES = list(GENRE_GROUPS)  # the demo platforms
 
 

@@ -1,4 +1,9 @@
-"""The Deployment Engine end to end: SuperLinks and SuperNodes on 127.0.0.1, TLS and node auth on.
+"""What the deployment scenarios share: keys, platforms, a small local encoder, and the scenarios.
+
+The scenarios test the Deployment Engine's plumbing (TLS, node authentication, SecAgg+,
+checkpoints, dropouts), not ranking quality, so the sites load a tiny random BERT saved as a
+local Hugging Face folder (``model.encoder`` = its path): every ClientApp process still imports
+torch, transformers, peft and Opacus and runs DP-SGD, but computes next to nothing.
 
 Five federations on five SuperLinks, two at a time, each stopped by PID as soon as it is done.
 A deployment round alternates waiting (Flower polls every 3 s) with work (every message starts a
@@ -11,39 +16,98 @@ keep two cores busy; five at once had fifteen SuperNodes fighting over them. The
 - "dropout": 3 sites with a minimum of 2; one is killed (SIGKILL) in the middle of round 1;
 - "secagg-dropout": the same under SecAgg+ (3 shares, threshold 2): the killed site's masks are
   reconstructed from the others' shares and the aggregate is the survivors' FedAvg.
-The last test asserts that no process is left. No wait has a fixed time limit: each fails when
-nothing in its federation (logs, files, processes) progressed for ``PATIENCE.stall`` seconds,
-naming every process, what it was waiting for and the last lines of its log.
+test_deployment's last test asserts that no process is left. No wait has a fixed time limit:
+each fails when nothing in its federation (logs, files, processes) progressed for
+``PATIENCE.stall`` seconds, naming every process, what it was waiting for and the last lines of
+its log.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from server.aggregation import secagg_tolerance
+from server.certs import init_certs
 from server.checkpoint import Checkpoint
-from server.run_log import FederationLog
-from shared.adapter import adapter_hash, read_adapter, read_adapter_metadata
+from shared.adapter import adapter_hash, read_adapter
+from shared.config import FedxrecConfig
+from simulations.data.partition import prepare_platforms
 from simulations.launch.deployment import LocalSuperNode
-from simulations.launch.progress import Patience, WaitError
-from simulations.launch.superlink import TAG_VARIABLE, LocalSuperLink, descendants
+from simulations.launch.progress import Patience, WaitError, descendants
+from simulations.launch.superlink import LocalSuperLink
+from simulations.simulate import write_run_config
+from tests.conftest import tiny_bert
 
-from .conftest import DeployKit
+PLATFORMS = ("action", "comedy", "drama")
 
-pytestmark = pytest.mark.integration
 
-APP_DIR = Path(__file__).resolve().parents[2]
+@dataclass(frozen=True)
+class DeployKit:
+    root: Path
+    certs: Path
+    platforms: Path
+    encoder: Path
+
+    def site_key(self, site: str) -> Path:
+        return self.certs / "sites" / site / "node.key"
+
+    def site_pub(self, site: str) -> Path:
+        return self.certs / "sites" / site / "node.pub"
+
+    def run_config(self, name: str, overrides: dict[str, object]) -> tuple[FedxrecConfig, Path]:
+        """A small federation's config, written as a Flower run-config file."""
+        flat = {
+            "model.encoder": str(self.encoder),
+            "model.history_items": 10,
+            "model.max_item_tokens": 16,
+            "data.max_users": 8,
+            "federation.rounds": 2,
+            "federation.platforms": 2,
+            "federation.eval_users": 4,
+            "federation.round_timeout": 600.0,
+            "federation.out_dir": str(self.root / name / "out"),
+            # A fixed σ: scenarios sharing a site's ledger must not plan to spend the whole
+            # budget in the first federation (noise is otherwise fitted to ε over the run).
+            "privacy.noise_multiplier": 1.0,
+            "privacy.epsilon": 1000.0,
+            "train.batch_size": 4,
+            "train.steps": 4,
+            "train.lora_steps": 1,
+            # Personalising is one more ClientApp process per site (torch, transformers, peft
+            # and Opacus imported: ~8 CPU s); only the scenario that checks it turns it on.
+            "train.personalize_steps": 0,
+            "train.threads": 1,  # several ClientApps share two cores
+            **overrides,
+        }
+        cfg = FedxrecConfig.from_flat(flat)
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        return cfg, write_run_config(cfg, self.root / name / "run_config.toml")
+
+
+@pytest.fixture(scope="session")
+def deploy_kit(tmp_path_factory, tiny_vocab) -> DeployKit:
+    root = tmp_path_factory.mktemp("deploy")
+    certs = root / "certs"
+    init_certs(certs, ["127.0.0.1"], [*PLATFORMS, "rogue"])
+    cfg = FedxrecConfig.from_flat({"data.max_users": 8, "data.platforms": ",".join(PLATFORMS)})
+    prepare_platforms(cfg.data, root / "platforms")
+    encoder = root / "encoder"
+    tokenizer, base = tiny_bert(tiny_vocab)
+    base.save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    return DeployKit(root, certs, root / "platforms", encoder)
+
+
+APP_DIR = Path(__file__).resolve().parents[3]
 PATIENCE = Patience(stall=180.0, cap=1800.0)  # each wait: 3 min without progress, 30 min in all
 AT_ONCE = 2  # scenarios running side by side
 PERSONALIZE = {"train.personalize_steps": 2}  # the sites personalise after the last round
@@ -295,151 +359,3 @@ def deployment(deploy_kit):
         f"({', '.join(shown)})"
     )
     return results
-
-
-def _get(results: dict[str, Any], chain: str) -> dict[str, Any]:
-    value = results[chain]
-    if isinstance(value, str):
-        pytest.fail(f"the {chain} scenario failed:\n{value}")
-    return value
-
-
-# ---- TLS + node authentication -----------------------------------------------------------------
-
-
-def test_two_sites_with_tls_and_node_auth_train_two_rounds(deployment):
-    plain = _get(deployment, "plain")
-    log = FederationLog.read(plain["out"])
-    assert log.completed_rounds == 2 and [r["round"] for r in log.rounds] == [0, 1, 2]
-    assert set(log.rounds[2]["platforms"]) == {"action", "comedy"}
-    assert set(log.final["federated"]) == {"action", "comedy"}
-    initial = read_adapter(plain["out"] / "rounds" / "round-000")
-    final = read_adapter(plain["out"] / "adapter")
-    assert any(not np.allclose(initial[k], final[k]) for k in final)
-    # plain FedAvg sees the adapters: it reports what each site sent
-    assert all(m["bytes_up"] > 0 for m in log.rounds[1]["platforms"].values())
-
-
-def test_a_supernode_with_an_unregistered_key_is_refused(deployment):
-    plain = _get(deployment, "plain")
-    assert plain["rogue_exit"] == 1
-    assert "Failed to activate SuperNode" in plain["rogue_log"]
-    assert len(plain["known_nodes"]) == 2  # the two registered sites only
-
-
-# ---- secure aggregation ------------------------------------------------------------------------
-
-
-def _assert_secure_fedavg(run: dict[str, Any], server_round: int, sites: list[str]) -> None:
-    """The round's global adapter is the users-weighted FedAvg of what ``sites`` sent, within
-    SecAgg+'s quantisation tolerance, and far from each site's own."""
-    fed = run["cfg"].federation
-    checkpoint = Checkpoint.read(run["out"])
-    updates = []
-    for site in sites:
-        (run_dir,) = (run["updates"] / site / "updates").iterdir()
-        folder = run_dir / f"round-{server_round:03d}"
-        updates.append((read_adapter_metadata(folder)["users"], read_adapter(folder)))
-    users = sum(w for w, _ in updates)
-    expected = {
-        k: sum(w * a[k].astype(np.float64) for w, a in updates) / users for k in updates[0][1]
-    }
-    got = read_adapter(run["out"] / "rounds" / f"round-{server_round:03d}")
-    error = max(float(np.abs(got[k] - expected[k]).max()) for k in got)
-    max_weight = checkpoint.strategy["secagg"]["max_weight"]
-    tolerance = secagg_tolerance(fed, len(updates), max_weight, users) + 1e-7  # + float32
-    assert 0 < error <= tolerance, (server_round, error, tolerance)
-    for _, update in updates:
-        assert max(float(np.abs(got[k] - update[k]).max()) for k in got) > 100 * tolerance
-
-
-def test_secure_aggregate_equals_fedavg_of_the_sites_updates(deployment):
-    run = _get(deployment, "secagg")
-    checkpoint = Checkpoint.read(run["out"])
-    assert checkpoint.round == 2 and checkpoint.strategy["name"] == "secagg+fedavg"
-    for server_round in (1, 2):
-        _assert_secure_fedavg(run, server_round, ["action", "comedy"])
-
-
-def test_a_site_dropping_out_of_secure_aggregation_leaves_the_survivors_fedavg(deployment):
-    run = _get(deployment, "secagg-dropout")
-    assert run["status"] == "finished:completed"
-    log = FederationLog.read(run["out"])
-    assert set(log.rounds[1]["platforms"]) >= {"action", "comedy"}
-    assert "loss" not in log.rounds[1]["platforms"].get("drama", {})
-    assert Checkpoint.read(run["out"]).round == 1
-    _assert_secure_fedavg(run, 1, ["action", "comedy"])
-
-
-def test_secure_aggregation_never_writes_or_logs_a_site_adapter(deployment):
-    run = _get(deployment, "secagg")
-    site_hashes = {
-        adapter_hash(read_adapter(folder)) for folder in run["updates"].glob("*/updates/*/round-*")
-    }
-    assert len(site_hashes) == 4
-    # every adapter the coordinator wrote: the global ones only
-    written = [p.parent for p in run["out"].rglob("adapter_model.safetensors")]
-    assert {p.name for p in written} == {"adapter", "round-000", "round-001", "round-002"}
-    assert not site_hashes & {adapter_hash(read_adapter(p)) for p in written}
-    assert not any(h in run["coordinator_log"] for h in site_hashes)
-    log = FederationLog.read(run["out"])
-    for entry in log.rounds[1:]:
-        assert set(entry["platforms"]) == {"action", "comedy"}  # per-site metrics are fine
-        assert all("bytes_up" not in m for m in entry["platforms"].values())
-
-
-# ---- nothing lost --------------------------------------------------------------------------------
-
-
-def test_killed_coordinator_resumes_without_losing_or_repeating_a_round(deployment):
-    resume = _get(deployment, "resume")
-    out = resume["out"]
-    assert resume["killed"] >= 1
-    checkpoint = Checkpoint.read(out)
-    assert checkpoint.round == 2 and len(checkpoint.run_ids) == 2
-    log = FederationLog.read(out)
-    assert [r["round"] for r in log.rounds] == [0, 1, 2]
-    assert log.resumed == [{"run_id": str(resume["resumed_run"]), "from_round": 2}]
-    assert set(log.final["federated"]) == {"action", "comedy"}
-    # round 1 is the killed run's, untouched; round 2 started from it
-    assert adapter_hash(read_adapter(out / "rounds" / "round-001")) == resume["round1_hash_before"]
-    assert adapter_hash(read_adapter(out / "adapter")) == checkpoint.adapter_hash
-    assert read_adapter_metadata(out / "rounds" / "round-002")["run_id"] == str(
-        resume["resumed_run"]
-    )
-    # the restarted site kept its ledger: the resumed round adds to what it had spent
-    releases = json.loads(resume["ledger"].read_text())["releases"]
-    spent = [r["epsilon_after"] for r in releases]
-    assert {r["run_id"] for r in releases} == set(checkpoint.run_ids)  # killed run, resumed run
-    assert spent == sorted(spent) and len(set(spent)) == len(spent)
-    round2 = [r["epsilon_after"] for r in releases if r["server_round"] == 2]
-    assert log.rounds[2]["platforms"]["comedy"]["epsilon"] == round2[-1]
-    assert log.personalization["comedy"]["epsilon"] == spent[-1]  # then its personalisation
-
-
-def test_a_site_killed_mid_round_does_not_stop_the_round(deployment):
-    run = _get(deployment, "dropout")
-    assert run["status"] == "finished:completed"
-    log = FederationLog.read(run["out"])
-    trained = {name for name, m in log.rounds[1]["platforms"].items() if "loss" in m}
-    assert trained == {"action", "comedy"}
-    assert set(log.platforms) == {"action", "comedy", "drama"}
-    assert set(log.final["federated"]) == {"action", "comedy"}
-    assert Checkpoint.read(run["out"]).round == 1
-    initial = read_adapter(run["out"] / "rounds" / "round-000")
-    final = read_adapter(run["out"] / "rounds" / "round-001")
-    assert any(not np.allclose(initial[k], final[k]) for k in final)
-
-
-def test_every_process_is_stopped(deployment):
-    assert deployment["survivors"] == set()
-    needles = {f"{TAG_VARIABLE}={tag}".encode() for tag in deployment["tags"]}
-    left = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
-        except OSError:
-            continue
-        if environ & needles:
-            left.append(pid)
-    assert left == []

@@ -231,6 +231,7 @@ def _read_weights(
             float(saved["validation_ndcg@10"]),
             float(saved["model_only_validation_ndcg@10"]),
             int(saved["fit_on_users"]),
+            math.inf if saved.get("mix_gain_z") is None else float(saved["mix_gain_z"]),
         )
         unknown = set(weights.weights) - {"model", *serving.signals}
         if unknown or not all(math.isfinite(w) and w >= 0 for w in weights.weights.values()):

@@ -66,6 +66,7 @@ class Stat:
         return cls(mean, math.sqrt(var), len(values))
 
 
+INTERVAL_KEY = "ndcg@10_interval95"
 Metrics = dict[str, float]  # one slice: ranking metrics and "users"
 PlatformTest = dict[str, Metrics]  # slice -> metrics
 
@@ -138,9 +139,18 @@ class RunRecord:
 class SliceSummary:
     users: int
     metrics: dict[str, Stat] = field(default_factory=dict)
+    # 95 % bootstrap interval over users of NDCG@10 (each user's figure averaged over seeds):
+    # how far a small site's figure can be trusted
+    interval: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"users": self.users, **{k: asdict(v) for k, v in self.metrics.items()}}
+        out: dict[str, Any] = {
+            "users": self.users,
+            **{k: asdict(v) for k, v in self.metrics.items()},
+        }
+        if self.interval is not None:
+            out[INTERVAL_KEY] = [round(x, 6) for x in self.interval]
+        return out
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shared.metrics import METRIC_NAMES
 from simulations.compare.plan import METHODS, TRAINED_METHODS, eps_text
-from simulations.compare.records import ComparisonResults, Method, Stat
+from simulations.compare.records import ComparisonResults, Method, SliceSummary, Stat
 from simulations.compare.records import mean_ndcg as stat
 from simulations.compare.targets import product_method
 from simulations.report import format_table
@@ -41,15 +41,31 @@ def method_rows(results: ComparisonResults, platform: str | None, slice_name: st
     return rows
 
 
+def _interval_cell(cell: SliceSummary | None) -> str:
+    if cell is None or not cell.users:
+        return "—"
+    text = _cell(cell.metrics.get("ndcg@10"))
+    if cell.interval is not None:
+        text += f" [{cell.interval[0]:.4f}, {cell.interval[1]:.4f}]"
+    return text
+
+
 def _slice_rows(results: ComparisonResults, slice_name: str) -> list[list[str]]:
+    """NDCG@10, a platform a column (with its users); on "all", each cell's 95 % interval."""
     names = results.names
-    counts = {n: len(results.platforms[n].slices[slice_name]) for n in names}
+    if slice_name == "all":
+        counts = {n: results.platforms[n].users for n in names}
+    else:
+        counts = {n: len(results.platforms[n].slices[slice_name]) for n in names}
     rows = [["method", *[f"{n} ({counts[n]} users)" for n in names], "platform mean"]]
     for method, spec in METHODS.items():
         entry = results.summary.get(method)
         if method in (M.FEDERATED_EPS, M.FEDERATED_UNSEEN) or entry is None:
             continue
-        cells = [_cell(entry.stat(n, slice_name)) for n in names]
+        if slice_name == "all":
+            cells = [_interval_cell(entry.platforms.get(n, {}).get("all")) for n in names]
+        else:
+            cells = [_cell(entry.stat(n, slice_name)) for n in names]
         rows.append([spec.label, *cells, _cell(entry.stat(None, slice_name))])
     return rows
 
@@ -103,6 +119,12 @@ def render_report(results: ComparisonResults, plots: dict[str, str]) -> str:
         format_table(method_rows(results, None), markdown=True),
         "",
     ]
+    lines += [
+        "## Per site (test NDCG@10, [95 % bootstrap interval over the site's users])",
+        "",
+        format_table(_slice_rows(results, "all"), markdown=True),
+        "",
+    ]
     if "methods" in plots:
         lines += [f"![test NDCG@10 per method and platform]({plots['methods']})", ""]
     lines += ["## Targets", ""]
@@ -132,7 +154,8 @@ def render_report(results: ComparisonResults, plots: dict[str, str]) -> str:
     unseen = results.unseen_platform
     if unseen:
         lines += [
-            f"## Unseen platform: {unseen.platform}",
+            f"## Unseen platform: {unseen.platform} "
+            f"({results.platforms[unseen.platform].users} users)",
             "",
             f"The federation of {', '.join(unseen.trained_on)} (DP, ε={eps}) never saw "
             f"{unseen.platform}; its adapter ranks {unseen.platform}'s catalogue from text "
@@ -140,7 +163,7 @@ def render_report(results: ComparisonResults, plots: dict[str, str]) -> str:
             "local-only model (test).",
             "",
         ]
-        rows = [["method", *METRIC_NAMES]]
+        rows = [["method", *METRIC_NAMES, "NDCG@10 95 % interval"]]
         order = (
             M.FEDERATED_UNSEEN,
             M.ZERO_SHOT,
@@ -153,7 +176,10 @@ def render_report(results: ComparisonResults, plots: dict[str, str]) -> str:
             cell = unseen.methods.get(m)
             if cell and cell.users:
                 label = METHODS[m].label + (" (trained with it)" if m == M.FEDERATED_DP else "")
-                rows.append([label, *[_cell(cell.metrics.get(k)) for k in METRIC_NAMES]])
+                interval = (
+                    f"[{cell.interval[0]:.4f}, {cell.interval[1]:.4f}]" if cell.interval else "—"
+                )
+                rows.append([label, *[_cell(cell.metrics.get(k)) for k in METRIC_NAMES], interval])
         lines += [format_table(rows, markdown=True), ""]
     lines += ["## Privacy–utility (federated, test NDCG@10)", ""]
     rows = [["ε", *[f"σ {n}" for n in names], *[f"NDCG@10 {n}" for n in names], "mean"]]

@@ -18,7 +18,7 @@ import torch
 from server.run_log import SPLIT
 from shared.config import FedxrecConfig
 from shared.data import PlatformData
-from shared.metrics import METRIC_NAMES
+from shared.metrics import METRIC_NAMES, bootstrap_interval, user_ndcg
 from simulations.compare.plan import (
     COLD_ITEM_MAX_TRAINING,
     COLD_USER_MAX_INTERACTIONS,
@@ -46,6 +46,16 @@ if TYPE_CHECKING:
     from simulations.compare.runner import Experiment
 
 
+def user_interval(runs: list[RunRecord], platform: str) -> tuple[float, float] | None:
+    """95 % bootstrap interval over ``platform``'s users of NDCG@10, each user's figure the mean
+    over the runs (seeds); None where the runs kept no ranks."""
+    ranks = [r.ranks[platform] for r in runs if r.ranks.get(platform)]
+    if not ranks or len({len(r) for r in ranks}) > 1:
+        return None
+    per_user = np.mean([user_ndcg(r) for r in ranks], axis=0)
+    return bootstrap_interval(per_user.tolist())
+
+
 def summarize_runs(runs: list[RunRecord]) -> Summary:
     """Per platform and platform mean, per slice and metric: mean ± std over seeds."""
     by_method: dict[Method, list[RunRecord]] = {}
@@ -61,7 +71,8 @@ def summarize_runs(runs: list[RunRecord]) -> Summary:
                 cells = [r.test[name][s] for r in method_runs if name in r.test]
                 users = int(cells[0]["users"]) if cells else 0
                 metrics = {k: Stat.of([c[k] for c in cells]) for k in METRIC_NAMES} if users else {}
-                platforms[name][s] = SliceSummary(users, metrics)
+                interval = user_interval(method_runs, name) if users and s == "all" else None
+                platforms[name][s] = SliceSummary(users, metrics, interval)
         mean: dict[str, dict[str, Stat]] = {}
         for s in SLICES:
             mean[s] = {}

@@ -12,7 +12,7 @@ from server.aggregation import fedavg
 from server.checkpoint import Checkpoint
 from server.server_app import Coordinator
 from shared.adapter import read_adapter
-from shared.records import PERSONALIZE, TrainingRecord, to_array_record
+from shared.records import PERSONALIZE, TrainingRecord, from_array_record, to_array_record
 from simulations.inprocess import InProcessGrid
 from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import tiny_federation_config, write_synthetic_site
@@ -95,6 +95,33 @@ def test_round_loop_aggregates_saves_checkpoints_and_personalises(federation):
     assert all("arrays" not in r.content for r in grid.received[-2:])
     for name in ("books", "films"):
         assert read_adapter(root / "state" / name / "personal").keys() == final.keys()
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> set[tuple[str, bytes]]:
+    return {(k, np.ascontiguousarray(v).tobytes()) for k, v in arrays.items()}
+
+
+def test_only_global_models_and_the_sites_dp_releases_cross_the_wire(federation):
+    """Every tensor in every message, either way, is a round's global model or what a site
+    released under DP (its kept copy); the personal model stays on the site's disk."""
+    cfg, grid, root = federation
+    Coordinator(grid, cfg, Context(3, 0, {}, RecordDict(), cfg.to_flat())).run()
+    out = root / "out"
+    allowed: set[tuple[str, bytes]] = set()
+    for folder in [out / "adapter", *(out / "rounds").iterdir()]:
+        allowed |= _tensors(read_adapter(folder))
+    releases = list((root / "state").glob("*/updates/*/round-*"))
+    assert len(releases) == 4  # two sites, two rounds
+    for folder in releases:
+        allowed |= _tensors(read_adapter(folder))
+    wire: set[tuple[str, bytes]] = set()
+    for msg in [*grid.sent, *grid.received]:
+        for record in msg.content.array_records.values():
+            wire |= _tensors(from_array_record(record))
+    assert wire and wire <= allowed
+    for name in ("books", "films"):
+        personal = _tensors(read_adapter(root / "state" / name / "personal"))
+        assert not (personal - allowed) & wire
 
 
 def test_a_site_whose_ledger_was_lost_refuses_the_round(federation):

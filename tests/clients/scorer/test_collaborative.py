@@ -182,3 +182,31 @@ def test_fit_prefers_the_signal_that_predicts():
     fit = fit_fusion(noise, index, histories, targets)
     assert fit.weights["model"] == 0.0 and fit.validation_ndcg > fit.model_only_ndcg
     assert fit.validation_ndcg == pytest.approx(1.0)
+    assert max(fit.weights.values()) == 1.0  # no mix beats the signal that is already perfect
+
+
+def _two_kinds_of_users(users: int):
+    """Even users follow co-occurrence, odd users the model: only a mix serves both."""
+    pairs = [(2 * k, 2 * k + 1) for k in range(10)]
+    sequences = [list(pairs[u % 10]) + [20 + u % 3] for u in range(users)]
+    data = make_platform(sequences, items=40)
+    index = build_collaborative_index(data, [s[:-1] for s in sequences])
+    histories = [[s[0]] for s in sequences]
+    targets = [s[1] if u % 2 == 0 else 30 + u % 10 for u, s in enumerate(sequences)]
+    scores = torch.randn(users, 40, generator=torch.Generator().manual_seed(1))
+    for u in range(1, users, 2):
+        scores[u, targets[u]] += 5.0
+    return scores, index, histories, targets
+
+
+def test_a_mix_is_kept_only_when_it_clearly_beats_the_best_single_signal():
+    scores, index, histories, targets = _two_kinds_of_users(60)
+    mixed = fit_fusion(scores, index, histories, targets)
+    assert max(mixed.weights.values()) < 1 and mixed.mix_gain_z >= 1.645
+    single = fit_fusion(scores, index, histories, targets, min_z=math.inf)
+    assert max(single.weights.values()) == 1.0
+    assert single.validation_ndcg < mixed.validation_ndcg  # the rule gave something up here
+    # two users (one of each kind) cannot show a gain that clear (z = 1 at most): the best
+    # single signal ranks alone
+    few = fit_fusion(*_two_kinds_of_users(2))
+    assert max(few.weights.values()) == 1.0 and few.mix_gain_z < 1.645

@@ -4,7 +4,9 @@
 
 One row per method in summary order: test NDCG@10 per platform and the platform mean (± the
 standard deviation over seeds where there are several), Recall@10, and the cold-user and
-cold-item slices; the unseen platform, when there is one, as the last row.
+cold-item slices; the unseen platform, when there is one, as the last row. ``--intervals`` adds
+each platform's 95 % bootstrap interval over its users (multi-site benchmarks, where a small
+site's figure is noisy) and its user count to the header.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.compare.plan import METHODS
-from simulations.compare.records import Method
+from simulations.compare.records import INTERVAL_KEY, Method
 
 # The unseen platform has its own row; the ε sweep has the privacy–utility table.
 _OWN_ROWS = (Method.FEDERATED_UNSEEN, Method.FEDERATED_EPS)
@@ -30,10 +32,22 @@ def _cell(stat: dict[str, Any] | None) -> str:
     return f"{stat['mean']:.4f}"
 
 
-def readme_table(results: dict[str, Any]) -> str:
+def _site_cell(cell: dict[str, Any], intervals: bool) -> str:
+    text = _cell(cell.get("ndcg@10"))
+    interval = cell.get(INTERVAL_KEY)
+    if intervals and interval and text != "–":
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
+
+
+def readme_table(results: dict[str, Any], *, intervals: bool = False) -> str:
     """The markdown table of `results` (a results.json document)."""
-    platforms = [p["name"] if isinstance(p, dict) else p for p in results["platforms"]]
-    header = ["method", *platforms, "**mean**", "Recall@10 (mean)", "cold users", "cold items"]
+    info = results["platforms"]
+    platforms = [p["name"] if isinstance(p, dict) else p for p in info]
+    columns = platforms
+    if intervals and isinstance(info, dict):
+        columns = [f"{p} ({info[p]['users']} users)" for p in platforms]
+    header = ["method", *columns, "**mean**", "Recall@10 (mean)", "cold users", "cold items"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = [m for m in METHODS if m not in _OWN_ROWS] + [m for m in Method if m not in METHODS]
     for method in order:
@@ -43,7 +57,7 @@ def readme_table(results: dict[str, Any]) -> str:
         per_platform = summary.get("platforms", {})
         label = METHODS[method].label if method in METHODS else method.value
         mean = summary.get("mean", {})
-        cells = [_cell(per_platform.get(p, {}).get("all", {}).get("ndcg@10")) for p in platforms]
+        cells = [_site_cell(per_platform.get(p, {}).get("all", {}), intervals) for p in platforms]
         row = [
             label.format(eps=summary.get("epsilon")),
             *cells,
@@ -55,11 +69,11 @@ def readme_table(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     unseen = results.get("unseen_platform")
     if unseen:
-        stat = unseen["methods"].get("federated_unseen", {}).get("ndcg@10")
+        cell = unseen["methods"].get("federated_unseen", {})
         row = ["–"] * len(header)
         row[0] = f"Federated without {unseen['platform']} (DP), ranking {unseen['platform']}"
         if unseen["platform"] in platforms:
-            row[1 + platforms.index(unseen["platform"])] = _cell(stat)
+            row[1 + platforms.index(unseen["platform"])] = _site_cell(cell, intervals)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -67,13 +81,18 @@ def readme_table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a comparison's results.json")
+    parser.add_argument(
+        "--intervals",
+        action="store_true",
+        help="each platform's 95 %% interval over its users, and its user count in the header",
+    )
     args = parser.parse_args(argv)
     try:
         results = json.loads(args.results.read_text())
     except (OSError, json.JSONDecodeError) as error:
         print(f"error: cannot read {args.results}: {error}", file=sys.stderr)
         return 2
-    print(readme_table(results))
+    print(readme_table(results, intervals=args.intervals))
     return 0
 
 

@@ -40,3 +40,13 @@ def test_rows_follow_the_summary_order_with_seeds_spread_and_the_unseen_row_last
 def test_an_unreadable_file_is_an_error_naming_it(tmp_path, capsys):
     assert main([str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_intervals_add_each_sites_users_and_its_interval_over_them():
+    results = _results()
+    results["platforms"] = {"a": {"users": 2000}, "b": {"users": 125}}
+    results["summary"]["popularity"]["platforms"]["b"]["all"]["ndcg@10_interval95"] = [0.01, 0.09]
+    lines = readme_table(results, intervals=True).splitlines()
+    assert lines[0].startswith("| method | a (2000 users) | b (125 users) | **mean** |")
+    assert lines[2].startswith("| Popularity | 0.1000 | 0.0500 [0.010, 0.090] | **0.1000** |")
+    assert "[" not in readme_table(results)  # without --intervals: the plain table

@@ -167,7 +167,6 @@ class FederationConfig(_Section):
     out_dir: str = ""  # where the coordinator writes adapters, metrics and its checkpoint
     resume: bool = False  # continue the federation checkpointed in out_dir after its last round
     # Secure aggregation (Flower's SecAgg+): the coordinator only ever sees the sum of adapters.
-    # The issue's `secure-aggregation = true` is `"federation.secure_aggregation" = true` here.
     secure_aggregation: bool = False
     secagg_shares: int = 3  # pieces each site's masking secrets are split into (> 2)
     secagg_threshold: int = 2  # pieces needed to unmask a site that dropped out (< shares)

@@ -25,7 +25,14 @@ DEFAULTS = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 # (message regex, category) of library warnings that say nothing to a fedxrec user
-SILENCED_WARNINGS = ((r"`is_gradient_checkpointing` is deprecated", FutureWarning),)
+SILENCED_WARNINGS = (
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+    # Opacus' per-row hooks on the encoder in a LoRA step, whose input ids need no gradient
+    (
+        r"Full backward hook is firing when gradients are computed with respect to module",
+        UserWarning,
+    ),
+)
 
 
 def set_process_defaults() -> None:

@@ -38,6 +38,7 @@ from simulations.compare.records import (
     Summary,
     UnseenPlatform,
 )
+from simulations.compare.site_targets import site_targets
 from simulations.compare.targets import check_targets
 
 M = Method
@@ -199,7 +200,13 @@ def build_results(exp: Experiment, *, complete: bool) -> ComparisonResults:
         unseen_platform=unseen,
         summary=summary,
         privacy_utility=privacy_utility(exp.runs, names),
-        targets=check_targets(summary, names, plan.product_epsilon),
+        targets=check_targets(summary, names, plan.product_epsilon)
+        + site_targets(
+            summary,
+            {p.name: p.num_users for p in exp.platforms},
+            plan.cfg.data.partition,
+            plan.product_epsilon,
+        ),
         runs=exp.runs,
     )
 

@@ -15,7 +15,7 @@ HYBRID_OVER_ITEMKNN = 1.05
 MODEL_OVER_ITEMKNN = 0.9
 
 
-def _add(targets: list[Target], target: str, met: bool | None, detail: str) -> None:
+def add_target(targets: list[Target], target: str, met: bool | None, detail: str) -> None:
     targets.append(Target(target, met, detail))
 
 
@@ -24,7 +24,7 @@ def product_method(summary: Summary) -> Method:
     return M.FEDERATED_DP_PERSONALIZED if M.FEDERATED_DP_PERSONALIZED in summary else M.FEDERATED_DP
 
 
-def _compare_per_platform(
+def compare_per_platform(
     summary: Summary, names: list[str], ours: Method, other: Method, *, strict: bool
 ) -> tuple[bool | None, str]:
     pairs = {n: (stat(summary, ours, n), stat(summary, other, n)) for n in names}
@@ -47,9 +47,9 @@ def check_targets(summary: Summary, names: list[str], product_eps: float) -> lis
     product = product_method(summary)
     label = METHODS[product].label
     targets: list[Target] = []
-    add = partial(_add, targets)
+    add = partial(add_target, targets)
 
-    met, detail = _compare_per_platform(summary, names, product, M.POPULARITY, strict=False)
+    met, detail = compare_per_platform(summary, names, product, M.POPULARITY, strict=False)
     add(f"{label} (ε={eps}) ≥ Popularity on every platform (NDCG@10)", met, detail)
     mean = stat(summary, product, None)
     add(
@@ -57,9 +57,9 @@ def check_targets(summary: Summary, names: list[str], product_eps: float) -> lis
         None if mean is None else mean >= PRODUCT_MEAN_TARGET,
         "not computable" if mean is None else f"{mean:.4f}",
     )
-    met, detail = _compare_per_platform(summary, names, product, M.LOCAL_ONLY, strict=True)
+    met, detail = compare_per_platform(summary, names, product, M.LOCAL_ONLY, strict=True)
     add(f"{label} (ε={eps}) beats local-only DP on every platform (NDCG@10)", met, detail)
-    met, detail = _compare_per_platform(summary, names, product, M.ZERO_SHOT, strict=True)
+    met, detail = compare_per_platform(summary, names, product, M.ZERO_SHOT, strict=True)
     add(f"{label} (ε={eps}) beats the zero-shot encoder on every platform (NDCG@10)", met, detail)
     central, fed = stat(summary, M.CENTRALIZED, None), stat(summary, M.FEDERATED_DP, None)
     add(
@@ -91,9 +91,9 @@ def hybrid_targets(summary: Summary, names: list[str], product: Method, eps: str
         return []
     label = METHODS[hybrid].label
     out: list[Target] = []
-    add = partial(_add, out)
+    add = partial(add_target, out)
 
-    met, detail = _compare_per_platform(summary, names, hybrid, M.ITEMKNN, strict=False)
+    met, detail = compare_per_platform(summary, names, hybrid, M.ITEMKNN, strict=False)
     add(f"{label} (ε={eps}) ≥ ItemKNN on every platform (NDCG@10)", met, detail)
     ours, knn = stat(summary, hybrid, None), stat(summary, M.ITEMKNN, None)
     add(
@@ -138,7 +138,7 @@ def hybrid_targets(summary: Summary, names: list[str], product: Method, eps: str
         models.append((M.FEDERATED_DP, "the global federated DP model alone"))
     for method, name in models:
         mean = stat(summary, method, None)
-        met, detail = _compare_per_platform(summary, names, method, M.POPULARITY, strict=False)
+        met, detail = compare_per_platform(summary, names, method, M.POPULARITY, strict=False)
         add(f"{name} (ε={eps}) ≥ Popularity on every platform", met, detail)
         add(
             f"{name} (ε={eps}) ≥ {MODEL_OVER_ITEMKNN}× ItemKNN (platform mean)",

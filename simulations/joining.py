@@ -19,8 +19,6 @@ import numpy as np
 from shared.adapter import read_adapter
 from shared.config import FedxrecConfig
 from shared.data import PlatformData, load_platform
-from shared.metrics import ranking_metrics
-from simulations.baselines import BASELINES, baseline_ranks
 from simulations.compare.evaluation import Evaluator
 from simulations.inprocess import federate
 
@@ -86,10 +84,12 @@ def site_gains(
     sites: dict[str, Path],
     joined: dict[str, Arrays],
     work: Path,
+    baselines: dict[str, dict[str, dict[str, float]]],
     log: Log = print,
 ) -> list[SiteGain]:
     """Train each site of ``sites`` (name → data folder) alone, under ``work/NAME``, and test it
-    beside ``joined`` (name → what the site ranks with after the federation)."""
+    beside ``joined`` (name → what the site ranks with after the federation); ``baselines``:
+    method → site → test metrics, as ``fedxrec simulate`` measured them."""
     platforms = [
         load_platform(folder, name, min_user_interactions=cfg.data.min_user_interactions)
         for name, folder in sites.items()
@@ -120,8 +120,8 @@ def site_gains(
             SiteGain(
                 site=data.name,
                 users=data.num_users,
-                popularity=_baseline("popularity", data),
-                ease=_baseline("ease", data),
+                popularity=baselines["popularity"][data.name]["ndcg@10"],
+                ease=baselines.get("ease", {}).get(data.name, {}).get("ndcg@10"),
                 alone=_ndcg(alone.test, data),
                 joined=_ndcg(together.test, data),
                 alone_final=_ndcg(alone.hybrid_test, data),
@@ -133,13 +133,6 @@ def site_gains(
 
 def _ndcg(metrics: dict, data: PlatformData) -> float:
     return float(metrics[data.name]["all"]["ndcg@10"])
-
-
-def _baseline(name: str, data: PlatformData) -> float | None:
-    try:
-        return ranking_metrics(baseline_ranks(BASELINES[name], data, "test"))["ndcg@10"]
-    except ValueError:  # EASE: a catalogue too large for its closed form
-        return None
 
 
 def gains_rows(gains: list[SiteGain]) -> list[list[str]]:

@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         sites = {n: out / "platforms" / n for n in names}
         joined = {n: joined_adapter(out, n) for n in names}
-        rows = gains_rows(site_gains(cfg, sites, joined, out / "alone"))
+        rows = gains_rows(site_gains(cfg, sites, joined, out / "alone", baselines))
         seconds = time.perf_counter() - started
         report += "\n" + what_joining_gives(format_table(rows, markdown=True))
         print("What joining gave each site (test NDCG@10):")

@@ -41,13 +41,15 @@ def method_rows(results: ComparisonResults, platform: str | None, slice_name: st
     return rows
 
 
+def _interval(cell: SliceSummary) -> str:
+    return "—" if cell.interval is None else f"[{cell.interval[0]:.4f}, {cell.interval[1]:.4f}]"
+
+
 def _interval_cell(cell: SliceSummary | None) -> str:
     if cell is None or not cell.users:
         return "—"
     text = _cell(cell.metrics.get("ndcg@10"))
-    if cell.interval is not None:
-        text += f" [{cell.interval[0]:.4f}, {cell.interval[1]:.4f}]"
-    return text
+    return text if cell.interval is None else f"{text} {_interval(cell)}"
 
 
 def _slice_rows(results: ComparisonResults, slice_name: str) -> list[list[str]]:
@@ -176,10 +178,9 @@ def render_report(results: ComparisonResults, plots: dict[str, str]) -> str:
             cell = unseen.methods.get(m)
             if cell and cell.users:
                 label = METHODS[m].label + (" (trained with it)" if m == M.FEDERATED_DP else "")
-                interval = (
-                    f"[{cell.interval[0]:.4f}, {cell.interval[1]:.4f}]" if cell.interval else "—"
+                rows.append(
+                    [label, *[_cell(cell.metrics.get(k)) for k in METRIC_NAMES], _interval(cell)]
                 )
-                rows.append([label, *[_cell(cell.metrics.get(k)) for k in METRIC_NAMES], interval])
         lines += [format_table(rows, markdown=True), ""]
     lines += ["## Privacy–utility (federated, test NDCG@10)", ""]
     rows = [["ε", *[f"σ {n}" for n in names], *[f"NDCG@10 {n}" for n in names], "mean"]]

@@ -6,6 +6,7 @@ import math
 from shared.adapter import adapter_hash, read_adapter
 from simulations.inprocess import federate
 from simulations.joining import COLUMNS, SiteGain, gains_rows, joined_adapter, site_gains
+from simulations.simulate import baseline_metrics
 from tests.clients.scorer.support import save_tiny_adapter, save_tiny_encoder
 from tests.conftest import tiny_federation_config, write_synthetic_site
 
@@ -19,7 +20,8 @@ def test_each_site_is_trained_alone_and_measured_beside_the_federation(tmp_path,
     run = federate(sites, cfg, tmp_path / "federation")
     joined = {n: run.personal_adapters().get(n, run.global_adapter()) for n in sites}
     lines: list[str] = []
-    gains = site_gains(cfg, sites, joined, tmp_path / "alone", log=lines.append)
+    baselines = baseline_metrics(cfg, tmp_path, list(sites))
+    gains = site_gains(cfg, sites, joined, tmp_path / "alone", baselines, log=lines.append)
 
     assert [g.site for g in gains] == ["big", "small"] and [g.users for g in gains] == [12, 6]
     assert len(lines) == 2 and "small (6 users) trains alone" in lines[1]

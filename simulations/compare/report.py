@@ -6,7 +6,7 @@ from shared.metrics import METRIC_NAMES
 from simulations.compare.plan import METHODS, TRAINED_METHODS, eps_text
 from simulations.compare.records import ComparisonResults, Method, SliceSummary, Stat
 from simulations.compare.records import mean_ndcg as stat
-from simulations.compare.targets import product_method
+from simulations.compare.targets import product_method, target_line
 from simulations.report import format_table
 
 M = Method
@@ -130,9 +130,7 @@ def render_report(results: ComparisonResults, plots: dict[str, str]) -> str:
     if "methods" in plots:
         lines += [f"![test NDCG@10 per method and platform]({plots['methods']})", ""]
     lines += ["## Targets", ""]
-    for t in results.targets:
-        state = {True: "**met**", False: "**missed**", None: "not computable"}[t.met]
-        lines.append(f"- {state}: {t.target} — {t.detail}")
+    lines += [target_line(t) for t in results.targets]
     lines += ["", *observations(results), ""]
     for n in names:
         lines += [

@@ -15,6 +15,12 @@ HYBRID_OVER_ITEMKNN = 1.05
 MODEL_OVER_ITEMKNN = 0.9
 
 
+def target_line(target: Target) -> str:
+    """A target as a markdown list item: met, missed or not computable, and its numbers."""
+    state = {True: "**met**", False: "**missed**", None: "not computable"}[target.met]
+    return f"- {state}: {target.target} — {target.detail}"
+
+
 def add_target(targets: list[Target], target: str, met: bool | None, detail: str) -> None:
     targets.append(Target(target, met, detail))
 

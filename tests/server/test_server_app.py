@@ -8,6 +8,7 @@ import pytest
 from flwr.app import Context, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from clients.federation.privacy import PrivacyLedger
 from server.aggregation import fedavg
 from server.checkpoint import Checkpoint
 from server.server_app import Coordinator
@@ -95,6 +96,24 @@ def test_round_loop_aggregates_saves_checkpoints_and_personalises(federation):
     assert all("arrays" not in r.content for r in grid.received[-2:])
     for name in ("books", "films"):
         assert read_adapter(root / "state" / name / "personal").keys() == final.keys()
+
+    # The site's ledger accounts for the personalisation (the part that stays home) as for the
+    # rounds: a third release of its own steps, the whole history recomputed by the accountant.
+    for name in ("books", "films"):
+        users = metrics["rounds"][1]["platforms"][name]["users"]
+        ledger = PrivacyLedger.open(
+            root / "state" / name,
+            platform=name,
+            num_users=users,
+            delta=cfg.privacy.delta,
+            epsilon_budget=cfg.privacy.epsilon,
+        )
+        assert [r.server_round for r in ledger.releases] == [1, 2, 3]
+        assert ledger.releases[-1].steps == cfg.train.personalize_steps
+        assert ledger.releases[-1].epsilon_after > ledger.releases[1].epsilon_after
+        assert ledger.epsilon() == pytest.approx(ledger.releases[-1].epsilon_after)
+        assert ledger.epsilon() <= cfg.privacy.epsilon
+        assert metrics["personalization"][name]["epsilon"] == pytest.approx(ledger.epsilon())
 
 
 def _tensors(arrays: dict[str, np.ndarray]) -> set[tuple[str, bytes]]:

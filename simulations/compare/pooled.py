@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from simulations.compare.plan import METHODS
+from simulations.compare.readme_table import unseen_label
 from simulations.compare.records import Method, RunRecord, Summary, Target
 from simulations.compare.records import mean_ndcg as stat
 from simulations.compare.results import summarize_runs
 from simulations.compare.site_targets import site_targets
-from simulations.compare.targets import target_line
+from simulations.compare.targets import product_method, target_line
 
 # the rows of the pooled table: what a reader compares per site
 TABLE_METHODS = (
@@ -44,11 +45,14 @@ class Pooled:
     sources: list[str]
     partition: str
     users: dict[str, int]
-    product_epsilon: float
-    runs: int  # runs of the product over all sources
     dropped: list[Method]  # methods some comparison did not run
     summary: Summary
     targets: list[Target]
+
+    @property
+    def runs(self) -> int:
+        """Runs of the product over all sources."""
+        return len(self.summary[product_method(self.summary)].seeds) if self.summary else 0
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -89,11 +93,8 @@ def pool(paths: list[Path]) -> Pooled:
         dataclasses.replace(r, ranks={}) for rs in per_doc for r in rs if r.method in everywhere
     ]
     summary = summarize_runs(runs)
-    eps = float(first["product_epsilon"])
-    targets = site_targets(summary, users, partition, eps)
-    product = [r for r in runs if r.method == Method.FEDERATED_DP_PERSONALIZED]
-    sources = [str(p) for p in paths]
-    return Pooled(sources, partition, users, eps, len(product), dropped, summary, targets)
+    targets = site_targets(summary, users, partition, float(first["product_epsilon"]))
+    return Pooled([str(p) for p in paths], partition, users, dropped, summary, targets)
 
 
 def pooled_table(pooled: Pooled) -> str:
@@ -111,8 +112,9 @@ def pooled_table(pooled: Pooled) -> str:
         mean = f"**{math.fsum(shown) / len(shown):.4f}**" if len(shown) == len(names) else "–"
         label = METHODS[method].label.format(eps=summary.epsilon)
         if method == Method.FEDERATED_UNSEEN:
-            site = next(n for n, v in zip(names, values, strict=True) if v is not None)
-            label = f"Federated without {site} (DP), ranking {site}"
+            label = unseen_label(
+                next(n for n, v in zip(names, values, strict=True) if v is not None)
+            )
         lines.append("| " + " | ".join([label, *cells, mean, str(len(summary.seeds))]) + " |")
     return "\n".join(lines)
 

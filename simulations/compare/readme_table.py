@@ -24,6 +24,11 @@ from simulations.compare.records import INTERVAL_KEY, Method
 _OWN_ROWS = (Method.FEDERATED_UNSEEN, Method.FEDERATED_EPS)
 
 
+def unseen_label(site: str) -> str:
+    """The row of the federation that never saw ``site``, ranking it."""
+    return f"Federated without {site} (DP), ranking {site}"
+
+
 def _cell(stat: dict[str, Any] | None) -> str:
     if not stat:
         return "–"
@@ -71,7 +76,7 @@ def readme_table(results: dict[str, Any], *, intervals: bool = False) -> str:
     if unseen:
         cell = unseen["methods"].get("federated_unseen", {})
         row = ["–"] * len(header)
-        row[0] = f"Federated without {unseen['platform']} (DP), ranking {unseen['platform']}"
+        row[0] = unseen_label(unseen["platform"])
         if unseen["platform"] in platforms:
             row[1 + platforms.index(unseen["platform"])] = _site_cell(cell, intervals)
         lines.append("| " + " | ".join(row) + " |")

@@ -185,6 +185,8 @@ def federate(
             "platform": name,
             "data-path": str(folder),
             "state-dir": str(run.state(name)),
+            # one machine, one experimenter: figures reproducible from train.seed
+            "reproducible-noise": "true",
         }
         sites[node] = Context(run_id, node, node_config, RecordDict(), dict(flat))
     grid = InProcessGrid(sites, run_id=run_id)

@@ -3,7 +3,9 @@
 Deployment: the SuperNode's node config names them, e.g.
 ``flower-supernode --node-config "platform='books' data-path='/srv/books' state-dir='/var/fedxrec'"``.
 ``keep-updates=true`` also keeps a copy of every adapter the site sends, on its own disk
-(``state-dir/updates/RUN/round-NNN``), for the site's audit.
+(``state-dir/updates/RUN/round-NNN``), for the site's audit. ``reproducible-noise=true`` seeds
+the DP noise from the run's public values instead of the OS's entropy: for benchmarks only (the
+coordinator could then replay the noise; clients/federation/training.py says why).
 Simulation: the node's ``partition-id`` indexes ``simulation.platform_names``, whose folders
 ``fedxrec simulate`` prepared under ``simulation.platform_root`` / ``simulation.state_root``.
 """
@@ -28,6 +30,8 @@ class Site:
     data_path: Path
     state_dir: Path
     keep_updates: bool = False
+    # DP noise and sampling seeded from public values (a benchmark's sites), not OS entropy
+    reproducible_noise: bool = False
 
     def load_data(self, cfg: FedxrecConfig) -> PlatformData:
         """The site's validated data; read again only when its files changed (one process that
@@ -68,7 +72,8 @@ def site_from_node_config(node_config: dict[str, Any], cfg: FedxrecConfig) -> Si
                 "site's disk for its privacy ledger, e.g. --node-config \"... state-dir='/var/fedxrec'\""
             )
         keep = str(node_config.get("keep-updates", "false")).lower() == "true"
-        return Site(platform, data_path, Path(str(node_config["state-dir"])), keep)
+        reproducible = str(node_config.get("reproducible-noise", "false")).lower() == "true"
+        return Site(platform, data_path, Path(str(node_config["state-dir"])), keep, reproducible)
     if "partition-id" in node_config:
         names = [n for n in cfg.simulation.platform_names.split(",") if n]
         pid = int(node_config["partition-id"])

@@ -204,6 +204,7 @@ def _train(
         cfg,
         ledger=ledger,
         progress=lambda line: print(f"[fedxrec] {line}", flush=True),
+        reproducible=site.reproducible_noise,
         **round_settings,  # type: ignore[arg-type]
     )
     return rec, data, result

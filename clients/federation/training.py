@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -128,6 +129,7 @@ def train_round(
     item_vectors: torch.Tensor | None = None,
     steps: int | None = None,
     lora_steps: int | None = None,
+    reproducible: bool = False,
 ) -> TrainingRecord:
     """Train ``rec``'s head (and LoRA) in place for one round; returns what the reply reports.
 
@@ -135,6 +137,12 @@ def train_round(
     them already; they are computed here otherwise. ``steps``/``lora_steps`` override the round's
     (personalisation uses them). The run's σ is chosen at its first round for every step still
     planned: ``rounds_left`` rounds of ``train.steps`` plus ``train.personalize_steps``.
+
+    The Poisson samples and the Gaussian noise are drawn from the operating system's entropy:
+    seeded from the run's config, the run id and the site's name (all known to the coordinator),
+    the coordinator could replay them and subtract the noise from the adapter it receives, and the
+    guarantee would be void. ``reproducible`` seeds them from those public values instead, for
+    benchmarks on one machine, where every party is the experimenter.
     """
     start = time.perf_counter()
     users = trainable_users(data)
@@ -148,7 +156,10 @@ def train_round(
     lora_steps = min(tc.lora_steps if lora_steps is None else lora_steps, steps)
     if not rec.has_adapter:
         lora_steps = 0
-    rng = random.Random(f"{tc.seed}:{run_id}:{server_round}:{data.name}")
+    seed = (
+        f"{tc.seed}:{run_id}:{server_round}:{data.name}" if reproducible else secrets.randbits(256)
+    )
+    rng = random.Random(seed)
     noise_rng = torch.Generator(device=rec.device).manual_seed(rng.randrange(2**62))
     if item_vectors is None:
         item_vectors = rec.catalogue_vectors(data.item_texts)  # the round's frozen global model

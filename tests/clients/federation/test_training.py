@@ -216,3 +216,46 @@ def test_dp_equals_plain_on_the_real_encoder(platform):
 
     cfg = ModelConfig(max_item_tokens=16, history_items=3)
     _dp_matches_plain(lambda: build_recommender(cfg), platform, [0, 2, 3])
+
+
+def _trained_head(vocab, model_cfg, data, state_dir, *, reproducible):
+    """The head after two DP steps from the same start, config and run id."""
+    from clients.federation.privacy import PrivacyLedger
+    from clients.federation.training import train_round
+    from shared.config import FedxrecConfig
+    from tests.conftest import make_tiny_recommender
+
+    cfg = FedxrecConfig().with_overrides(
+        {"train.steps": 2, "train.batch_size": 4, "privacy.noise_multiplier": 1.0}
+    )
+    rec = make_tiny_recommender(vocab, model_cfg)
+    ledger = PrivacyLedger.open(
+        state_dir, platform=data.name, num_users=data.num_users, delta=0.0, epsilon_budget=1e3
+    )
+    train_round(rec, data, cfg, ledger=ledger, run_id="7", reproducible=reproducible)
+    return torch.cat([p.detach().flatten() for p in rec.head.parameters()])
+
+
+def test_dp_noise_is_not_replayable_from_the_runs_public_values(
+    tiny_vocab, tiny_model_config, platform, tmp_path
+):
+    """The coordinator knows the config, the seed, the run id and the site's name: a site's noise
+    drawn from them could be replayed and subtracted. Only a benchmark's reproducible sites do."""
+    runs = {
+        name: _trained_head(
+            tiny_vocab, tiny_model_config, platform, tmp_path / name, reproducible=r
+        )
+        for name, r in (("a", False), ("b", False), ("c", True), ("d", True))
+    }
+    assert not torch.equal(runs["a"], runs["b"])
+    assert torch.equal(runs["c"], runs["d"])
+
+
+def test_node_config_asks_for_reproducible_noise_explicitly(tmp_path):
+    from clients.federation.site import site_from_node_config
+    from shared.config import FedxrecConfig
+
+    node = {"platform": "books", "data-path": str(tmp_path), "state-dir": str(tmp_path / "s")}
+    cfg = FedxrecConfig()
+    assert not site_from_node_config(node, cfg).reproducible_noise
+    assert site_from_node_config(node | {"reproducible-noise": "true"}, cfg).reproducible_noise

@@ -244,7 +244,9 @@ def _print_table(
     round_text = f", round {model.adapter_round}" if model.adapter_round is not None else ""
     ranking = "text-only"
     if scorer.local:
-        weights = ", ".join(f"{k} {v:.2f}" for k, v in scorer.local.fusion.weights.items())
+        fusion = scorer.local.fusion
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in fusion.weights.items())
+        weights += f", count shrinkage κ {fusion.kappa:g}"
         privacy = scorer.local.index.privacy
         counts = (
             f"; counts user-level DP ε={privacy['epsilon']:g}, δ={privacy['delta']:.1e}"

@@ -7,20 +7,26 @@ a new item) or of a user (no known item in the history) is replaced by the model
 it, so a new item is ranked by the model instead of being buried under zeros, and a new user gets
 the model's ranking.
 
-The weights are a grid over the simplex (steps of 0.1), chosen by NDCG@10 on the validation split:
-histories are the training sequences, targets the validation items, and the collaborative index
-counts only the training sequences. Nothing here ever sees a test target. On a small site the
-best of 286 mixes is mostly the luck of a few hundred validation users, so a mix is kept only
-when it beats the best single signal by at least ``min_z`` standard errors of its paired per-user
-gain; otherwise that signal ranks alone (the fusion does not do worse than the best thing it
-fuses because it fitted noise).
+A count signal's say about an item grows with the evidence the site has for it: with shrinkage
+κ, its z-score for an item with n interactions is blended with the model's as n / (n + κ), so an
+item with a few interactions is ranked mostly by the model (κ = 0: every known item by the counts).
+
+The weights and κ are fitted by NDCG@10 on the validation split (histories are the training
+sequences, targets the validation items, and the collaborative index counts only the training
+sequences; nothing here ever sees a test target): for each κ of KAPPAS an ascent over the simplex
+that moves weight between two signals at a time, coarse to fine (``simplex_ascent``; the 0.1
+grid it replaces is kept as the reference it is checked against). On a small site the best fit is
+mostly the luck of a few hundred validation users, so a mix is kept only when it beats the best
+single signal (κ = 0) by at least ``min_z`` standard errors of its paired per-user gain; otherwise
+that signal ranks alone (the fusion does not do worse than the best thing it fuses because it
+fitted noise).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +38,10 @@ from shared.metrics import paired_gain, ranking_metrics, target_ranks, user_ndcg
 from shared.model import Recommender
 
 GRID_STEP = 0.1
+ASCENT_STEPS = (0.2, 0.1, 0.05)  # the fit's moves of weight between two signals, coarse to fine
+# Shrinkage tried for the count signals: an item's say grows as n / (n + κ) with its
+# interactions n (0: every known item fully; docs/experiments/fusion-fit.md)
+KAPPAS = (0.0, 3.0, 10.0, 30.0)
 FIT_USERS = 3000  # validation users the weights are fitted on (the first ones: a fixed sample)
 MIN_Z = 1.645  # a mix must beat the best single signal by this many standard errors (one-sided 5 %)
 
@@ -43,6 +53,7 @@ class FusionWeights:
     model_only_ndcg: float  # the model alone on the same users
     users: int
     mix_gain_z: float = math.inf  # the best mix's gain over the best single signal, in SEs
+    kappa: float = 0.0  # the count signals' shrinkage towards the model (standardised_signals)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -51,6 +62,7 @@ class FusionWeights:
             "model_only_validation_ndcg@10": round(self.model_only_ndcg, 6),
             "fit_on_users": self.users,
             "mix_gain_z": round(self.mix_gain_z, 3) if math.isfinite(self.mix_gain_z) else None,
+            "kappa": self.kappa,
         }
 
 
@@ -75,16 +87,21 @@ def standardised_signals(
     model_scores: torch.Tensor,
     local: CollaborativeIndex,
     histories: Sequence[Sequence[int]],
+    kappa: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """z-scores of the model and of each local signal, unknown items and users falling back to
-    the model's z-score."""
+    the model's z-score. With ``kappa`` > 0 a signal's z-score for an item with n interactions
+    is blended with the model's as n / (n + kappa): the fewer interactions the site has seen,
+    the more the model ranks the item."""
     excluded = exclusion_mask(histories, local.items)
     model_z = standardise(model_scores.float().cpu(), excluded)
-    known_item = (local.counts > 0).unsqueeze(0)
-    known_user = (excluded & known_item).any(1, keepdim=True)
+    counts = local.counts.float().clamp(min=0.0)
+    evidence = counts / (counts + kappa) if kappa > 0 else (counts > 0).float()
+    known_user = (excluded & (counts > 0).unsqueeze(0)).any(1, keepdim=True)
+    say = evidence.unsqueeze(0) * known_user.float()  # [users, items]: the signal's share
     out = {"model": model_z}
     for name, scores in local.scores(histories).items():
-        out[name] = torch.where(known_item & known_user, standardise(scores, excluded), model_z)
+        out[name] = say * standardise(scores, excluded) + (1.0 - say) * model_z
     return out
 
 
@@ -97,6 +114,7 @@ def fuse(signals: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.T
 
 
 def simplex_grid(names: Sequence[str], step: float = GRID_STEP) -> list[dict[str, float]]:
+    """Every mix of ``names`` in steps of ``step`` (the reference the ascent is checked against)."""
     parts = round(1 / step)
     grid = []
     for combo in itertools.product(range(parts + 1), repeat=len(names) - 1):
@@ -106,46 +124,80 @@ def simplex_grid(names: Sequence[str], step: float = GRID_STEP) -> list[dict[str
     return grid
 
 
+def simplex_ascent(
+    objective: Callable[[dict[str, float]], float], starts: Sequence[dict[str, float]]
+) -> tuple[float, dict[str, float]]:
+    """The best mix ``objective`` finds by moving weight between two signals at a time, in
+    steps of ASCENT_STEPS, from each of ``starts``: a cost of O(signals²) per pass, where the
+    grid's grows combinatorially with the number of signals."""
+    best_value, best = -math.inf, dict(starts[0])
+    for start in starts:
+        weights, value = dict(start), objective(start)
+        for step in ASCENT_STEPS:
+            moved = True
+            while moved:
+                moved = False
+                for up, down in itertools.permutations(weights, 2):
+                    if weights[down] < step - 1e-9:
+                        continue
+                    tried = dict(weights)
+                    tried[up] = round(tried[up] + step, 6)
+                    tried[down] = round(tried[down] - step, 6)
+                    tried_value = objective(tried)
+                    if tried_value > value:
+                        weights, value, moved = tried, tried_value, True
+        if value > best_value:
+            best_value, best = value, weights
+    return best_value, best
+
+
 def fit_fusion(
     model_scores: torch.Tensor,
     local: CollaborativeIndex,
     histories: Sequence[Sequence[int]],
     targets: Sequence[int],
     min_z: float = MIN_Z,
+    kappas: Sequence[float] = KAPPAS,
 ) -> FusionWeights:
-    """The simplex-grid weights with the best NDCG@10 on these validation users if they beat the
-    best single signal by ``min_z`` standard errors of the paired gain, else that signal."""
+    """The weights and shrinkage κ with the best NDCG@10 on these validation users, if they
+    beat the best single signal (κ = 0) by ``min_z`` standard errors of the paired gain, else
+    that signal alone."""
     histories, targets = list(histories)[:FIT_USERS], list(targets)[:FIT_USERS]
-    signals = standardised_signals(model_scores[: len(histories)], local, histories)
+    scores = model_scores[: len(histories)]
     names = ["model", *local.signals]
-    # target_ranks' rule, vectorised for the grid: the history (but the target) is excluded,
+    # target_ranks' rule, vectorised for the fit: the history (but the target) is excluded,
     # ties count against the target.
     rows = torch.arange(len(targets))
     target = torch.as_tensor(targets)
     excluded = exclusion_mask(histories, local.items)
     excluded[rows, target] = False
 
-    def ranks(weights: dict[str, float]) -> list[int]:
+    def ranks(signals: dict[str, torch.Tensor], weights: dict[str, float]) -> list[int]:
         fused = fuse(signals, weights)
         at_least = (fused >= fused[rows, target].unsqueeze(1)) & ~excluded
         return at_least.sum(1).tolist()
 
-    def ndcg(weights: dict[str, float]) -> float:
-        return ranking_metrics(ranks(weights))["ndcg@10"]
+    def ndcg(signals: dict[str, torch.Tensor], weights: dict[str, float]) -> float:
+        return ranking_metrics(ranks(signals, weights))["ndcg@10"]
 
-    grid = simplex_grid(names)
-    scored = [(ndcg(w), w) for w in grid]
-    best_ndcg, best = max(scored, key=lambda pair: pair[0])  # the first of equals: grid order
-    single_ndcg, single = max(
-        ((v, w) for v, w in scored if max(w.values()) == 1.0), key=lambda pair: pair[0]
-    )
+    singles = [{n: float(n == name) for n in names} for name in names]
+    exact = standardised_signals(scores, local, histories)
+    single_ndcg, single = max(((ndcg(exact, w), w) for w in singles), key=lambda p: p[0])
+    best_ndcg, best, best_kappa = single_ndcg, single, 0.0
+    for kappa in kappas:
+        signals = exact if kappa == 0 else standardised_signals(scores, local, histories, kappa)
+        value, weights = simplex_ascent(lambda w, s=signals: ndcg(s, w), [single, *singles])
+        if value > best_ndcg:
+            best_ndcg, best, best_kappa = value, weights, float(kappa)
     z = math.inf
     if best is not single:
-        gain, se = paired_gain(user_ndcg(ranks(best)), user_ndcg(ranks(single)))
+        chosen = standardised_signals(scores, local, histories, best_kappa)
+        gain, se = paired_gain(user_ndcg(ranks(chosen, best)), user_ndcg(ranks(exact, single)))
         z = gain / se if se > 0 else (math.inf if gain > 0 else 0.0)
         if z < min_z:
-            best, best_ndcg = single, single_ndcg
-    return FusionWeights(best, best_ndcg, ndcg({"model": 1.0}), len(histories), z)
+            best, best_ndcg, best_kappa = single, single_ndcg, 0.0
+    model_only = ndcg(exact, {"model": 1.0})
+    return FusionWeights(best, best_ndcg, model_only, len(histories), z, best_kappa)
 
 
 def training_index(
@@ -184,7 +236,7 @@ def hybrid_split_ranks(
     chunk = 1024
     for start in range(0, len(histories), chunk):
         part = histories[start : start + chunk]
-        signals = standardised_signals(rec.scores(part, item_vectors), local, part)
+        signals = standardised_signals(rec.scores(part, item_vectors), local, part, weights.kappa)
         fused = fuse(signals, weights.weights)
         ranks += target_ranks(fused, targets[start : start + chunk], part)
     return ranks, weights

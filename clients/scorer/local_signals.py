@@ -215,7 +215,8 @@ def _read_manifest(path: Path) -> str | None:
 def _weights_path(cache_dir: Path | None, model: str, serving: CollaborativeIndex) -> Path | None:
     if cache_dir is None:
         return None
-    return cache_dir / f"fusion-{model}-{serving.fingerprint}-{serving.catalogue}.json"
+    # v2: weights with their shrinkage κ (older files were fitted without it: refitted)
+    return cache_dir / f"fusion-v2-{model}-{serving.fingerprint}-{serving.catalogue}.json"
 
 
 def _read_weights(
@@ -232,9 +233,11 @@ def _read_weights(
             float(saved["model_only_validation_ndcg@10"]),
             int(saved["fit_on_users"]),
             math.inf if saved.get("mix_gain_z") is None else float(saved["mix_gain_z"]),
+            float(saved["kappa"]),
         )
         unknown = set(weights.weights) - {"model", *serving.signals}
-        if unknown or not all(math.isfinite(w) and w >= 0 for w in weights.weights.values()):
+        values = [*weights.weights.values(), weights.kappa]
+        if unknown or not all(math.isfinite(w) and w >= 0 for w in values):
             raise ValueError(f"weights {weights.weights} do not fit the signals")
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         log.warning("ignoring the damaged fusion weights %s (%s); refitting them", path, err)

@@ -173,7 +173,8 @@ def recommend(
         histories = [list(q.history_rows) for q in queries]
         model_scores = user_vectors @ index.vectors.T
         fused = fuse(
-            standardised_signals(model_scores, local.index, histories), local.fusion.weights
+            standardised_signals(model_scores, local.index, histories, local.fusion.kappa),
+            local.fusion.weights,
         )
         for row, rows_out in enumerate(exclude):
             fused[row, list(rows_out)] = float("-inf")

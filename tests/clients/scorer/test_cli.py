@@ -44,6 +44,8 @@ def test_rank_shows_no_library_noise_and_a_repeat_reads_its_caches(
         f"{cache}" in second.stderr
     )
     assert json.loads(second.stdout)["users"] == json.loads(first.stdout)["users"]
+    fusion = json.loads(first.stdout)["fusion"]  # what the fit chose, its shrinkage included
+    assert set(fusion["weights"]) >= {"model", "popularity"} and fusion["kappa"] >= 0
 
 
 def _write_jsonl(path: Path, line: int, **changes: object) -> Path:

@@ -84,6 +84,7 @@ def test_rank_health_and_model(site, encoder_dir):
         assert model["encoder"] == str(encoder_dir) and model["items"] == 8
         assert model["ranking"] == "hybrid"  # /model reports the fitted fusion weights
         assert model["fusion"]["weights"] == scorer.local.fusion.to_dict()["weights"]
+        assert model["fusion"]["kappa"] == scorer.local.fusion.kappa  # and its shrinkage
 
         reply = client.post("/rank", json={"history": HISTORY, "k": 3})
         assert reply.status_code == 200, reply.text

@@ -109,6 +109,15 @@ class FederationLog:
         """Whether any site trained in any round (a round where every site refused did not)."""
         return any("loss" in m for e in self.rounds for m in e["platforms"].values())
 
+    def idle_rounds(self) -> list[int]:
+        """The training rounds (round 0 is the untuned model's evaluation) in which no site
+        trained: each refused or did not answer."""
+        return [
+            e["round"]
+            for e in self.rounds
+            if e["round"] > 0 and not any("loss" in m for m in e["platforms"].values())
+        ]
+
     def refusals(self) -> str:
         """Every refusal recorded, one per platform and reason."""
         said = {f"{n}: {why}" for e in self.rounds for n, why in e.get("refused", {}).items()}
@@ -141,11 +150,11 @@ class FederationLog:
         parts = []
         for name, m in sorted(entry["platforms"].items()):
             val = m.get("validation", {})
-            eps = m.get("epsilon", float("nan"))
-            parts.append(
-                f"{name}: loss {m.get('loss', float('nan')):.3f} ε {eps:.2f} "
-                f"val NDCG@10 {val.get('ndcg@10', float('nan')):.4f}"
-            )
+            shown = f"val NDCG@10 {val['ndcg@10']:.4f}" if "ndcg@10" in val else "not evaluated"
+            if "loss" in m:
+                parts.append(f"{name}: loss {m['loss']:.3f} ε {m.get('epsilon', 0.0):.2f} {shown}")
+            elif name not in entry["refused"]:
+                parts.append(f"{name}: did not train (no reply), {shown}")
         for name in entry["refused"]:
             parts.append(f"{name}: refused")
         print(f"[fedxrec] round {server_round} done — " + "; ".join(parts), flush=True)

@@ -219,9 +219,18 @@ def read_adapter_metadata(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AdapterError(
+            f"{path} is not valid JSON ({err}); copy the adapter folder again from where it was "
+            "written (the coordinator's output or the site's state-dir/personal)"
+        ) from None
+    if not isinstance(meta, dict):
+        raise AdapterError(
+            f"{path} holds a JSON {type(meta).__name__}, not an object of the adapter's settings; "
+            "copy the adapter folder again from where it was written"
+        )
+    return meta
 
 
 def check_lora_config(saved: Any, directory: Path) -> dict[str, Any]:

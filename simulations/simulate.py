@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -305,4 +306,13 @@ def run(args: argparse.Namespace) -> int:
         f"\nfedxrec simulate: done in {seconds / 60:.1f} min. Report: {out / 'report.md'}; "
         f"global adapter: {out / 'adapter'}"
     )
+    idle = log.idle_rounds()
+    if idle:
+        print(
+            f"fedxrec simulate: error: no site trained in round(s) {', '.join(map(str, idle))} "
+            f"of {cfg.federation.rounds} (the global adapter stayed unchanged there){refusals(out)}; "
+            "see the rounds above and flower.log",
+            file=sys.stderr,
+        )
+        return 1
     return 0

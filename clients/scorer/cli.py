@@ -26,6 +26,17 @@ if TYPE_CHECKING:
 USERS_PER_BATCH = 256
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free one) to 65535, said as an argparse error otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is out of range: ports are 0 to 65535")
+    return port
+
+
 def register(subparsers: Any) -> None:
     rank = subparsers.add_parser(
         "rank",
@@ -67,7 +78,9 @@ def register(subparsers: Any) -> None:
     )
     _add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="0-65535; default 8000; 0 picks a free port"
+    )
     serve.add_argument(
         "--watch",
         type=float,

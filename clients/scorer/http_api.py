@@ -316,6 +316,14 @@ def create_app(
                 },
                 status_code=409,
             )
+        except Exception as err:  # a fault of ours, not of the files: said, never a traceback
+            return JSONResponse(
+                {
+                    "detail": f"reload failed ({type(err).__name__}: {err}); still serving "
+                    f"adapter {service.current.model.adapter_hash}"
+                },
+                status_code=500,
+            )
         return JSONResponse({"status": "reloaded", **fresh.describe()})
 
     return app

@@ -80,7 +80,9 @@ def site_rows(run: Path, site: str) -> list[list[str]]:
             s, h, t = part(score_on)
             ranks = target_ranks(fuse(standardised_signals(s, local, h, kappa), weights), t, h)
             overall += ranks
-            cold += [r for r, target in zip(ranks, t, strict=True) if counts[target] <= COLD_MAX_TRAINING]
+            cold += [
+                r for r, target in zip(ranks, t, strict=True) if counts[target] <= COLD_MAX_TRAINING
+            ]
             chosen.append(f"κ {kappa:g}: " + " ".join(f"{v:.2f}" for v in weights.values()))
         rows.append(
             [

@@ -83,3 +83,15 @@ def test_an_incomplete_training_record_is_a_clear_error():
         TrainingRecord.from_record(
             {k: v for k, v in _train(1.0, 1.0).to_record().items() if k != "lora_steps"}
         )
+
+
+def test_a_round_where_no_site_trained_is_said_not_printed_as_nan(capsys):
+    log = _log()
+    assert log.idle_rounds() == []  # round 0 is the untuned model's evaluation, not training
+    log.record_training(2, {}, {"a": "budget exhausted"})
+    log.record_evaluation(2, {"a": _ranking(0.3), "b": _ranking(0.2)})
+    log.print_round(2)
+    line = capsys.readouterr().out
+    assert "nan" not in line
+    assert "a: refused" in line and "b: did not train (no reply), val NDCG@10 0.2000" in line
+    assert log.idle_rounds() == [2]

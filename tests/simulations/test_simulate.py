@@ -166,3 +166,46 @@ def test_a_data_error_names_your_file_not_the_copy(tmp_path, platform_dir):
     with pytest.raises(DataError) as err:
         prepare_platforms(DataConfig(dataset=str(tmp_path / "mine")), tmp_path / "out")
     assert str(data / "interactions.csv") in str(err.value) and "timestamp" in str(err.value)
+
+
+def test_a_round_in_which_no_site_trained_fails_the_simulation(
+    tmp_path, platform_dir, monkeypatch, capsys
+):
+    """The federation ran, but its second round trained nobody (every site refused): the run is
+    reported and `simulate` exits 1 saying which round and why, not 0 with `loss nan`."""
+    from contextlib import contextmanager
+
+    from server.run_log import FederationLog
+    from shared.config import FedxrecConfig
+    from simulations import simulate
+    from tests.server.test_run_log import _ranking, _train
+
+    for name in ("books", "films"):
+        shutil.copytree(platform_dir, tmp_path / "mine" / name)
+    out = tmp_path / "out"
+
+    class Link:
+        def run_app(self, *args, **kwargs):
+            log = FederationLog.start(FedxrecConfig(), run_id="1")
+            for name in ("books", "films"):
+                log.record_platform(name, 10, 8)
+            log.record_evaluation(0, {"books": _ranking(0.1), "films": _ranking(0.1)})
+            log.record_training(1, {"books": _train(3.0, 4.0), "films": _train(3.0, 4.0)}, {})
+            log.record_evaluation(1, {"books": _ranking(0.2), "films": _ranking(0.2)})
+            refused = {"books": "budget exhausted", "films": "budget exhausted"}
+            log.record_training(2, {}, refused)
+            log.record_evaluation(2, {"books": _ranking(0.2), "films": _ranking(0.2)})
+            log.record_final({}, {"books": _ranking(0.2), "films": _ranking(0.2)})
+            log.write(out)
+
+    @contextmanager
+    def superlink(*args, **kwargs):
+        yield Link()
+
+    monkeypatch.setattr(simulate, "local_superlink", superlink)
+    monkeypatch.setattr(simulate, "baseline_metrics", lambda *args, **kwargs: {})
+    code = main(["simulate", "--out", str(out), "--data", str(tmp_path / "mine"), "--rounds", "2"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no site trained in round(s) 2 of 2" in err and "budget exhausted" in err
+    assert (out / "report.md").is_file()  # the run is reported all the same

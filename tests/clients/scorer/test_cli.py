@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,27 @@ def test_a_bad_items_file_and_a_bad_users_file_end_the_process_with_code_2(
     assert done.stderr.startswith(
         f"fedxrec rank: error: {site / 'items.jsonl'}, line 1: categories"
     )
+
+
+@pytest.mark.parametrize("port, said", [("70000", "70000 is out of range"), ("http", "'http'")])
+def test_serve_refuses_a_port_that_cannot_be_before_loading_anything(capsys, port, said):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--adapter", "nowhere", "--items", "nothing.csv", "--port", port])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --port: {said}" in err and "Traceback" not in err
+
+
+def test_rank_names_an_adapter_settings_file_that_is_not_an_object(
+    capsys, tmp_path, adapter_dir, encoder_dir, platform_dir
+):
+    broken = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, broken)
+    (broken / "fedxrec.json").write_text("[1, 2]")
+    code = main(
+        ["rank", "--adapter", str(broken), "--items", str(platform_dir / "items.csv"),
+         "--encoder", str(encoder_dir), "--no-cache", "--history", "m1"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{broken / 'fedxrec.json'} holds a JSON list, not an object" in err

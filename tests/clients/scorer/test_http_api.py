@@ -232,18 +232,26 @@ def test_reload_under_load_never_fails_or_mixes_adapters(site, tiny_vocab, tmp_p
         assert_matches(reply.json(), expected[adapter])
 
 
-def test_failed_reload_keeps_serving_the_old_adapter(site):
+@pytest.mark.parametrize(
+    "broken, content, said",
+    [
+        ("adapter_model.safetensors", b"half a file", "corrupt"),
+        ("fedxrec.json", b'["a list", "not the settings"]', "holds a JSON list, not an object"),
+        ("fedxrec.json", b'{"round": 1,', "is not valid JSON"),
+    ],
+)
+def test_failed_reload_keeps_serving_the_old_adapter(site, broken, content, said):
     adapter_dir, load = site
     scorer = load()
     with running_server(ScorerService(load, scorer)) as client:
-        (adapter_dir / "adapter_model.safetensors").write_bytes(b"half a file")
+        (adapter_dir / broken).write_bytes(content)
         reply = client.post("/reload", params={"wait": "true"}, headers=ADMIN)
         assert reply.status_code == 409
-        assert "corrupt" in reply.json()["detail"]
+        assert said in reply.json()["detail"] and broken in reply.json()["detail"]
         assert f"still serving adapter {scorer.model.adapter_hash}" in reply.json()["detail"]
         health = client.get("/health").json()
         assert health["adapter_hash"] == scorer.model.adapter_hash
-        assert "corrupt" in health["last_reload_error"]
+        assert said in health["last_reload_error"]
         ranked = client.post("/rank", json={"history": HISTORY, "k": 3})
         assert ranked.status_code == 200
         assert_matches(ranked.json(), answer_of(scorer, HISTORY))

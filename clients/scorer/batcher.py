@@ -105,11 +105,22 @@ def _rank_batch(batch: list[_Pending]) -> list[list[Recommendation] | BaseExcept
                 [batch[p].query for p in positions],
                 local=snapshot.local,
             )
-        except Exception as err:
-            log.exception("ranking failed")
+        except Exception:
+            # One bad request must not fail the others batched with it: rank them one by one,
+            # so only the request that fails alone gets its error.
+            if len(positions) > 1:
+                log.warning("a batch of %d failed; ranking its requests one by one", len(positions))
             for p in positions:
-                results[p] = err
+                results[p] = _rank_one(snapshot, batch[p].query)
             continue
         for p, recs in zip(positions, ranked, strict=True):
             results[p] = recs
     return results
+
+
+def _rank_one(snapshot: SiteScorer, query: Query) -> list[Recommendation] | BaseException:
+    try:
+        return recommend(snapshot.model.rec, snapshot.index, [query], local=snapshot.local)[0]
+    except Exception as err:
+        log.exception("ranking failed")
+        return err

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import socket
@@ -66,8 +67,32 @@ class RankBody(BaseModel):
     exclude_seen: StrictBool = True
 
 
+class AsciiJSONResponse(JSONResponse):
+    """An error that may quote the request's own text: escaped to ASCII, so that a character
+    UTF-8 cannot hold (a lone surrogate) is shown as \\uXXXX instead of failing the reply."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 class BadRequest(ValueError):
     """A request that must not reach the model; the message says what to fix."""
+
+
+def _check_unicode(history: str | list[Any]) -> None:
+    """JSON may carry lone surrogates ("\\udfff"), which no tokenizer or UTF-8 reply can hold."""
+    texts = [history] if isinstance(history, str) else history
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            where = "history" if isinstance(history, str) else f"history[{position}]"
+            raise BadRequest(
+                f"{where} holds a character that is not valid Unicode (a lone surrogate, "
+                f"U+{ord(text[err.start]):04X} at character {err.start}); send UTF-8 text"
+            ) from None
 
 
 def check_rank_body(body: RankBody, snapshot: SiteScorer) -> Query:
@@ -77,6 +102,7 @@ def check_rank_body(body: RankBody, snapshot: SiteScorer) -> Query:
             f"k={body.k} is out of range: ask for 1 to {MAX_K} items (fewer come back when the "
             f"catalogue, {len(snapshot.index)} items here, has fewer left)"
         )
+    _check_unicode(body.history)
     if isinstance(body.history, str):
         if not body.history.strip():
             raise BadRequest("history is empty: send the user's item ids (oldest first) or a text")
@@ -229,11 +255,11 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_message(err)}, status_code=422)
+        return AsciiJSONResponse({"detail": _validation_message(err)}, status_code=422)
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, err: BadRequest) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=422)
+        return AsciiJSONResponse({"detail": str(err)}, status_code=422)
 
     @app.middleware("http")
     async def json_only(request: Request, call_next: Any) -> Any:

@@ -330,3 +330,75 @@ def test_an_adapter_with_absurd_weights_is_refused_on_load_and_on_reload(site, t
         health = client.get("/health").json()
         assert health["adapter_hash"] == good.model.adapter_hash and health["model_check"]
         assert client.post("/rank", json={"history": HISTORY, "k": 3}).status_code == 200
+
+
+def test_a_lone_surrogate_gets_a_422_and_its_neighbours_their_answers(site):
+    """Text JSON can carry but UTF-8 cannot ("\\udfff") is refused by itself, while good
+    requests sent at the same moment are answered as usual."""
+    _, load = site
+    scorer = load()
+    bad_bodies = [b'{"history": "star \\udfff wars"}', b'{"history": ["m1", "\\ud800"]}']
+    good = [[f"m{1 + (i + j) % 8}" for j in range(1 + i % 3)] for i in range(12)]
+    start = threading.Barrier(len(good) + len(bad_bodies))
+    replies: dict = {}
+
+    def ask(key, client):
+        start.wait()
+        if isinstance(key, int):
+            replies[key] = client.post("/rank", json={"history": good[key], "k": 3})
+        else:
+            replies[key] = client.post(
+                "/rank", content=key, headers={"content-type": "application/json"}
+            )
+
+    with running_server(ScorerService(load, scorer)) as client:
+        keys = [*range(len(good)), *bad_bodies]
+        threads = [threading.Thread(target=ask, args=(key, client)) for key in keys]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for n, history in enumerate(good):
+        assert replies[n].status_code == 200, replies[n].text
+        assert_matches(replies[n].json(), answer_of(scorer, history))
+    text, ids = (replies[body] for body in bad_bodies)
+    assert text.status_code == 422 and "history holds a character that is not valid" in text.text
+    assert "U+DFFF" in text.text
+    assert ids.status_code == 422 and "history[1] holds a character" in ids.text
+
+
+def test_a_request_that_fails_in_its_batch_fails_alone(site, monkeypatch):
+    """A fault inside the model (not caught by validation) fails only the request that causes
+    it: the batch is ranked again one request at a time."""
+    import asyncio
+
+    from clients.scorer import batcher as batching
+    from clients.scorer.ranking import Query
+
+    _, load = site
+    scorer = load()
+    real = batching.recommend
+
+    def recommend(rec, index, queries, **kwargs):
+        if any(q.text == "boom" for q in queries):
+            raise RuntimeError("this query broke the model")
+        return real(rec, index, queries, **kwargs)
+
+    monkeypatch.setattr(batching, "recommend", recommend)
+    queries = [Query(text="star wars", k=3), Query(text="boom", k=3), Query(text="fargo", k=3)]
+
+    async def rank_all():
+        ranker = batching.RankBatcher()
+        await ranker.start()
+        try:
+            return await asyncio.gather(
+                *(ranker.rank(scorer, q) for q in queries), return_exceptions=True
+            )
+        finally:
+            await ranker.stop()
+
+    first, broken, last = asyncio.run(rank_all())
+    assert isinstance(broken, RuntimeError) and "broke the model" in str(broken)
+    for query, answer in ((queries[0], first), (queries[2], last)):
+        expected = real(scorer.model.rec, scorer.index, [query], local=scorer.local)[0]
+        assert [r.item_id for r in answer] == [r.item_id for r in expected]

@@ -19,6 +19,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 WORDS = "star wars the matrix toy story fargo heat alien babe casablanca categories action sci fi"
 
 
+@pytest.fixture(autouse=True)
+def count_ledger(tmp_path, monkeypatch) -> Path:
+    """Each test's own record of DP count releases (never the machine's)."""
+    path = tmp_path / "count_releases.json"
+    monkeypatch.setenv("FEDXREC_COUNT_LEDGER", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_vocab(tmp_path_factory) -> Path:
     chars = "abcdefghijklmnopqrstuvwxyz0123456789"

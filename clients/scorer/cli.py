@@ -149,6 +149,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_MAX_ITEMS})",
     )
     parser.add_argument(
+        "--count-ledger",
+        type=Path,
+        default=None,
+        help="with --local-epsilon: the file that records every release of the site's DP "
+        "counts (default $FEDXREC_COUNT_LEDGER or ~/.local/state/fedxrec/count_releases.json); "
+        "replicas on several machines should share one",
+    )
+    parser.add_argument(
+        "--new-count-release",
+        action="store_true",
+        help="with --local-epsilon: allow drawing counts the ledger says were released before "
+        "(another release: the ε of all releases is reported)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -159,6 +173,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
     import torch
 
+    from clients.scorer.count_releases import CountReleases, default_count_ledger
     from clients.scorer.model import load_site_scorer
 
     if args.threads < 0:
@@ -169,6 +184,8 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         raise ValueError(f"--local-epsilon {args.local_epsilon}: give an ε > 0, or 0 for exact")
     if args.local_max_items < 1:
         raise ValueError(f"--local-max-items {args.local_max_items}: count at least 1 item")
+    if (args.count_ledger or args.new_count_release) and not args.local_epsilon:
+        raise ValueError("--count-ledger and --new-count-release go with --local-epsilon")
     if args.local_epsilon and args.text_only:
         raise ValueError("--local-epsilon makes the site's counts DP; --text-only uses none")
     scorer = load_site_scorer(
@@ -183,6 +200,11 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         text_only=args.text_only,
         local_epsilon=args.local_epsilon,
         local_max_items=args.local_max_items,
+        count_releases=CountReleases(
+            args.count_ledger or default_count_ledger(), allow_new=args.new_count_release
+        )
+        if args.local_epsilon
+        else None,
     )
     if progress:
         print(f"fedxrec {args.command}: {scorer.cache_summary()}", file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,9 @@ from clients.scorer.collaborative import (
     build_collaborative_index,
     catalogue_ids,
     index_fingerprint,
+    interactions_fingerprint,
 )
+from clients.scorer.count_releases import CountReleases, default_count_ledger
 from clients.scorer.defaults import DEFAULT_MAX_ITEMS
 from clients.scorer.fusion import FIT_USERS, FusionWeights, fit_fusion
 from clients.scorer.item_index import ItemIndex
@@ -61,12 +63,18 @@ class LocalSignals:
     interactions_file: Path
     from_cache: tuple[str, ...] = ()  # COLLABORATIVE_INDEX and/or FUSION_WEIGHTS, when read back
 
+    # with DP counts: the ε of every release of these interactions' counts (the ledger's sum)
+    count_epsilon_total: float | None = None
+
     def describe(self) -> dict[str, Any]:
+        privacy = self.index.privacy  # None: exact counts
+        if privacy is not None and self.count_epsilon_total is not None:
+            privacy = {**privacy, "epsilon_of_all_releases": self.count_epsilon_total}
         return {
             "interactions_file": str(self.interactions_file),
             "interactions_hash": self.index.fingerprint,
             **self.fusion.to_dict(),
-            "count_privacy": self.index.privacy,  # None: exact counts
+            "count_privacy": privacy,
         }
 
 
@@ -87,6 +95,7 @@ def load_local_signals(
     cache_dir: Path | None,
     local_epsilon: float = 0.0,
     local_max_items: int = DEFAULT_MAX_ITEMS,
+    count_releases: CountReleases | None = None,
 ) -> LocalSignals:
     """Read the interactions, build (or read back) the index and the fitted weights (cached in
     ``cache_dir/local``, beside the item vectors).
@@ -95,6 +104,8 @@ def load_local_signals(
     two indexes (the fit's and serving's) are two releases of the same users under that one ε,
     and each is drawn once and kept in the cache, so a restart does not release them again
     (deleting the cache draws them anew: another release, which this ε does not cover).
+    Every draw is first written in ``count_releases`` (default: the machine's count ledger),
+    which refuses a second draw of the same interactions unless it allows new releases.
     """
     cache_dir = cache_dir / "local" if cache_dir else None
     if local_epsilon and cache_dir is None:
@@ -103,41 +114,63 @@ def load_local_signals(
             "without a cache every start would release them again; drop --no-cache"
         )
     items = list(item_index.items)
-    key = tried = serving = None
+    key = tried = tried_data = serving = None
     if cache_dir is not None:  # the same file seen before: its index and weights, unread
         key = _file_key(interactions_file, items, local_epsilon, local_max_items)
-        tried = _read_manifest(cache_dir / f"interactions-{key}.json")
+        tried, tried_data = _read_manifest(cache_dir / f"interactions-{key}.json")
         serving = _load_index(cache_dir, tried, items) if tried else None
     # (each cache file is read at most once: a damaged one is reported once, then rebuilt)
     weights = _read_weights(cache_dir, model_fingerprint, serving) if serving else None
+    if local_epsilon and count_releases is None:
+        count_releases = CountReleases(default_count_ledger())
     if serving is not None and weights is not None:
+        total = count_releases.total_epsilon(tried_data) if count_releases and tried_data else None
         return LocalSignals(
-            serving, weights, interactions_file, (COLLABORATIVE_INDEX, FUSION_WEIGHTS)
+            serving, weights, interactions_file, (COLLABORATIVE_INDEX, FUSION_WEIGHTS), total
         )
     interactions = read_interactions(interactions_file, set(item_index.row_of))
     everyone = build_platform("site", items, interactions, min_user_interactions=1)
-    privacy = None
+    data_key = interactions_fingerprint(everyone.sequences, everyone)
+    privacy = draw = None
     if local_epsilon:
         privacy = CountPrivacy(
             local_epsilon, default_delta(everyone.num_users), local_max_items, releases=2
         )
+        draw = _ReleaseGate(count_releases, data_key, privacy, str(cache_dir))
     from_cache: tuple[str, ...] = (COLLABORATIVE_INDEX,)
     if serving is None:
         serving, index_cached = _cached_index(
-            everyone, everyone.sequences, cache_dir, privacy, tried=tried
+            everyone, everyone.sequences, cache_dir, privacy, tried=tried, draw=draw
         )
         from_cache = from_cache if index_cached else ()
         weights = _read_weights(cache_dir, model_fingerprint, serving)
     if weights is None:
         fit_data = build_platform("site", items, interactions)
-        weights = _fit(rec, item_index, fit_data, cache_dir, privacy)
+        weights = _fit(rec, item_index, fit_data, cache_dir, privacy, draw)
         _write_json(_weights_path(cache_dir, model_fingerprint, serving), weights.to_dict())
     else:
         from_cache += (FUSION_WEIGHTS,)
     if key is not None:  # the next load of this file finds its index and weights without it
-        manifest = {"format": MANIFEST_FORMAT, "serving": serving.fingerprint}
+        manifest = {"format": MANIFEST_FORMAT, "serving": serving.fingerprint, "data": data_key}
         _write_json(cache_dir / f"interactions-{key}.json", manifest)
-    return LocalSignals(serving, weights, interactions_file, from_cache)
+    total = count_releases.total_epsilon(data_key) if count_releases and privacy else None
+    return LocalSignals(serving, weights, interactions_file, from_cache, total)
+
+
+class _ReleaseGate:
+    """Called before a DP index is drawn: the load's release is recorded once (its two indexes
+    are one release under one ε), and refused if these counts were released before."""
+
+    def __init__(
+        self, releases: CountReleases | None, data_key: str, privacy: CountPrivacy, where: str
+    ) -> None:
+        self.releases, self.data_key, self.privacy, self.where = releases, data_key, privacy, where
+        self.recorded = False
+
+    def __call__(self) -> None:
+        if self.releases is not None and not self.recorded:
+            self.releases.record(self.data_key, self.privacy, self.where)
+            self.recorded = True
 
 
 def _fit(
@@ -146,9 +179,10 @@ def _fit(
     data: PlatformData,
     cache_dir: Path | None,
     privacy: CountPrivacy | None,
+    draw: Callable[[], None] | None = None,
 ) -> FusionWeights:
     training, _ = _cached_index(
-        data, [data.train_sequence(u) for u in range(data.num_users)], cache_dir, privacy
+        data, [data.train_sequence(u) for u in range(data.num_users)], cache_dir, privacy, draw=draw
     )
     pairs = [data.split(u, "validation") for u in range(min(data.num_users, FIT_USERS))]
     histories = [h for h, _ in pairs]
@@ -174,6 +208,7 @@ def _cached_index(
     privacy: CountPrivacy | None,
     *,
     tried: str | None = None,
+    draw: Callable[[], None] | None = None,
 ) -> tuple[CollaborativeIndex, bool]:
     """The index of ``sequences`` and whether it came from the cache (``tried``: a fingerprint
     whose cache file was read already and did not fit)."""
@@ -182,6 +217,8 @@ def _cached_index(
     cached = _load_index(cache_dir, fingerprint, data.items) if readable else None
     if cached is not None:
         return cached, True
+    if privacy is not None and draw is not None:
+        draw()  # recorded (or refused) before any noise is drawn
     index = build_collaborative_index(data, sequences, privacy=privacy)
     if cache_dir:
         index.save(_index_path(cache_dir, fingerprint))
@@ -200,16 +237,17 @@ def _file_key(path: Path, items: Sequence[Item], local_epsilon: float, local_max
     return digest.hexdigest()
 
 
-def _read_manifest(path: Path) -> str | None:
-    """The serving index's fingerprint recorded for this file key, or None."""
+def _read_manifest(path: Path) -> tuple[str | None, str | None]:
+    """The serving index's fingerprint recorded for this file key and the interactions' content
+    key (None, None: no usable manifest)."""
     saved = _read_json(path)
     if saved is None:
-        return None
-    fingerprint = saved.get("serving")
+        return None, None
+    fingerprint, data = saved.get("serving"), saved.get("data")
     if saved.get("format") != MANIFEST_FORMAT or not isinstance(fingerprint, str):
         log.warning("ignoring the cache file %s: not a fedxrec interactions manifest", path)
-        return None
-    return fingerprint
+        return None, None
+    return fingerprint, data if isinstance(data, str) else None
 
 
 def _weights_path(cache_dir: Path | None, model: str, serving: CollaborativeIndex) -> Path | None:

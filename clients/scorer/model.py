@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from clients.scorer.count_releases import CountReleases
 from clients.scorer.defaults import DEFAULT_MAX_ITEMS, PRECISIONS
 from clients.scorer.item_index import ItemIndex, build_item_index, default_cache_dir
 from clients.scorer.local_signals import (
@@ -266,6 +267,7 @@ def load_site_scorer(
     text_only: bool = False,
     local_epsilon: float = 0.0,
     local_max_items: int = DEFAULT_MAX_ITEMS,
+    count_releases: CountReleases | None = None,
 ) -> SiteScorer:
     """Read the catalogue, load the model and index the catalogue (from the cache when it can);
     with the site's interactions (``interactions``, or the file beside ``items_file``), fit the
@@ -306,6 +308,7 @@ def load_site_scorer(
             cache_dir=cache,
             local_epsilon=local_epsilon,
             local_max_items=local_max_items,
+            count_releases=count_releases,
         )
     return SiteScorer(
         model=model,

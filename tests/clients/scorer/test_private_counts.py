@@ -1,6 +1,7 @@
 """User-level DP for a site's own counts: the Gaussian calibration, the contribution bound, the
 noisy index and the ε the scorer reports."""
 
+import json
 import math
 import random
 
@@ -138,3 +139,54 @@ def test_the_scorer_reports_the_counts_privacy_and_refuses_it_without_a_cache(
     assert load(cache_dir=tmp_path / "cache2").local.describe()["count_privacy"] is None
     with pytest.raises(ValueError, match="--local-epsilon needs the cache"):
         load(cache_dir="", local_epsilon=2.0)
+
+
+def test_every_release_of_the_counts_is_recorded_and_a_second_draw_refused(
+    tiny_vocab, platform_dir, tmp_path, count_ledger
+):
+    """The same interactions under another cache, or after the cache file was damaged, would be
+    drawn again while each draw reports its own ε: the count ledger refuses that draw unless
+    the operator allows it, and reports the ε of every release."""
+    import shutil
+
+    from clients.scorer.count_releases import CountReleaseRefused, CountReleases
+    from clients.scorer.model import load_site_scorer
+
+    encoder = save_tiny_encoder(tiny_vocab, tmp_path / "encoder")
+    adapter = save_tiny_adapter(tiny_vocab, tmp_path / "adapter", seed=2)
+
+    def load(cache, **kwargs):
+        return load_site_scorer(
+            adapter, platform_dir / "items.csv", encoder=str(encoder), progress=False,
+            device="cpu", cache_dir=cache, local_epsilon=2.0, **kwargs,
+        )  # fmt: skip
+
+    first = load(tmp_path / "cache")
+    assert first.local.describe()["count_privacy"]["epsilon_of_all_releases"] == 2.0
+    assert len(json.loads(count_ledger.read_text())["releases"]) == 1
+    again = load(tmp_path / "cache")  # the cache holds them: no new release
+    assert again.local.from_cache and len(json.loads(count_ledger.read_text())["releases"]) == 1
+    assert again.local.describe()["count_privacy"]["epsilon_of_all_releases"] == 2.0
+
+    # the same interactions at another path, under another cache: refused before any draw
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(platform_dir, moved, ignore=shutil.ignore_patterns("cache*"))
+    with pytest.raises(CountReleaseRefused, match=r"released 1 time\(s\) already \(ε 2 in all"):
+        load_site_scorer(
+            adapter, moved / "items.csv", encoder=str(encoder), progress=False, device="cpu",
+            cache_dir=tmp_path / "other-cache", local_epsilon=2.0,
+        )  # fmt: skip
+    # a damaged cache file is not silently redrawn either
+    for damaged in (tmp_path / "cache" / "local").glob("collaborative-*.safetensors"):
+        damaged.write_bytes(b"not safetensors")
+    with pytest.raises(CountReleaseRefused, match="--new-count-release"):
+        load(tmp_path / "cache")
+    # allowed: a second release, and the ε of both is what is reported
+    allowed = CountReleases(count_ledger, allow_new=True)
+    redrawn = load(tmp_path / "cache", count_releases=allowed)
+    assert redrawn.local.describe()["count_privacy"]["epsilon_of_all_releases"] == 4.0
+    assert len(json.loads(count_ledger.read_text())["releases"]) == 2
+
+    count_ledger.write_text("{not json")
+    with pytest.raises(CountReleaseRefused, match="restore it from a backup"):
+        load(tmp_path / "cache3")

@@ -237,6 +237,19 @@ def run_rank(args: argparse.Namespace) -> int:
             (user, Query(history_rows=tuple(seq), k=args.k, exclude_seen=exclude))
             for user, seq in zip(platform.users, platform.sequences, strict=True)
         ]
+    for user, query in users:
+        if query.unknown_ids:
+            shown = ", ".join(repr(i) for i in query.unknown_ids[:5])
+            print(
+                f"fedxrec rank: {user or 'the history'}: not in this catalogue, left out: {shown}",
+                file=sys.stderr,
+            )
+        if query.new_user:
+            print(
+                f"fedxrec rank: {user or 'the history'}: no known item: a new user, ranked by "
+                "the site's prior",
+                file=sys.stderr,
+            )
     ranked: list[list[Recommendation]] = []
     for start in range(0, len(users), USERS_PER_BATCH):
         part = [q for _, q in users[start : start + USERS_PER_BATCH]]
@@ -281,7 +294,10 @@ def _print_table(
     if scorer.local:
         fusion = scorer.local.fusion
         weights = ", ".join(f"{k} {v:.2f}" for k, v in fusion.weights.items())
-        weights += f", count shrinkage κ {fusion.kappa:g}"
+        weights += (
+            f", count shrinkage κ {fusion.kappa:g}; new users: model prior "
+            f"{fusion.new_user_model:.1f}, popularity {1 - fusion.new_user_model:.1f}"
+        )
         privacy = scorer.local.index.privacy
         counts = (
             f"; counts user-level DP ε={privacy['epsilon']:g}, δ={privacy['delta']:.1e}"

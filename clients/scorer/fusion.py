@@ -54,6 +54,8 @@ class FusionWeights:
     users: int
     mix_gain_z: float = math.inf  # the best mix's gain over the best single signal, in SEs
     kappa: float = 0.0  # the count signals' shrinkage towards the model (standardised_signals)
+    # a user with no known item: the model's prior's share, the rest the site's popularity
+    new_user_model: float = 0.5
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -63,6 +65,7 @@ class FusionWeights:
             "fit_on_users": self.users,
             "mix_gain_z": round(self.mix_gain_z, 3) if math.isfinite(self.mix_gain_z) else None,
             "kappa": self.kappa,
+            "new_user_model_weight": self.new_user_model,
         }
 
 
@@ -198,6 +201,33 @@ def fit_fusion(
             best, best_ndcg, best_kappa = single, single_ndcg, 0.0
     model_only = ndcg(exact, {"model": 1.0})
     return FusionWeights(best, best_ndcg, model_only, len(histories), z, best_kappa)
+
+
+def new_user_scores(
+    prior_scores: torch.Tensor, local: CollaborativeIndex, model_weight: float
+) -> torch.Tensor:
+    """[items] scores for a user the site knows nothing of: the model's prior (its score for an
+    empty history) and the site's recency-weighted popularity, standardised, mixed."""
+    nothing = torch.zeros(1, local.items, dtype=torch.bool)
+    prior_z = standardise(prior_scores.float().cpu().reshape(1, -1), nothing)[0]
+    popularity_z = standardise(local.popularity.float().reshape(1, -1), nothing)[0]
+    return model_weight * prior_z + (1.0 - model_weight) * popularity_z
+
+
+def fit_new_user_blend(
+    prior_scores: torch.Tensor, local: CollaborativeIndex, targets: Sequence[int]
+) -> float:
+    """The model prior's share for new users with the best NDCG@10 on these validation targets,
+    each ranked as if its user had no history (steps of 0.1; ties keep the smaller share)."""
+    target = torch.as_tensor(list(targets)[:FIT_USERS])
+    best, best_ndcg = 0.0, -1.0
+    for step in range(11):
+        scores = new_user_scores(prior_scores, local, step / 10)
+        ranks = (scores.unsqueeze(0) >= scores[target].unsqueeze(1)).sum(1).tolist()
+        value = ranking_metrics(ranks)["ndcg@10"]
+        if value > best_ndcg:
+            best, best_ndcg = step / 10, value
+    return best
 
 
 def training_index(

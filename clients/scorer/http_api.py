@@ -20,8 +20,11 @@ Guarantees:
   and takes every request queued while it was busy as one batch.
 - Nothing reaches the model unchecked: content type, body size, JSON shape and types (``k`` an
   integer, not "5" or true; an item id a string or a whole number, by the rule the site's data
-  files follow), empty history, unknown item ids and k are checked first and answered
-  with a 4xx whose message names the problem. A new adapter must pass a probe batch (finite,
+  files follow), text UTF-8 cannot hold and k are checked first and answered with a 4xx whose
+  message names the problem. Ids the catalogue does not hold are left out and named in the
+  reply's ``unknown_items``; a user with nothing known (an empty history, only unknown ids) is a
+  new user, ranked by the site's prior (``new_user``: the model's prior and the site's
+  popularity, mixed as fitted on validation). A new adapter must pass a probe batch (finite,
   sane scores) before it is served.
 """
 
@@ -42,7 +45,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
 
 from clients.scorer.batcher import DEFAULT_MAX_BATCH, RankBatcher
-from clients.scorer.item_index import UnknownItemError
 from clients.scorer.model import SiteScorer
 from clients.scorer.ranking import Query, query_for_ids
 from clients.scorer.service import ScorerService
@@ -103,17 +105,13 @@ def check_rank_body(body: RankBody, snapshot: SiteScorer) -> Query:
             f"catalogue, {len(snapshot.index)} items here, has fewer left)"
         )
     _check_unicode(body.history)
-    if isinstance(body.history, str):
-        if not body.history.strip():
-            raise BadRequest("history is empty: send the user's item ids (oldest first) or a text")
+    if isinstance(body.history, str):  # an empty text: a new user, ranked by the site's prior
         if len(body.history) > MAX_TEXT_CHARS:
             raise BadRequest(
                 f"history text has {len(body.history)} characters; send at most {MAX_TEXT_CHARS} "
                 "(only the first tokens shape the user vector)"
             )
         return Query(text=body.history, k=body.k, exclude_seen=body.exclude_seen)
-    if not body.history:
-        raise BadRequest("history is empty: send the user's item ids (oldest first) or a text")
     if len(body.history) > MAX_HISTORY_IDS:
         raise BadRequest(
             f"history has {len(body.history)} item ids; send at most {MAX_HISTORY_IDS} (only the "
@@ -127,10 +125,7 @@ def check_rank_body(body: RankBody, snapshot: SiteScorer) -> Query:
             raise BadRequest(f"history[{position}] {fields.shown(value)} {err}") from None
     if not all(ids):
         raise BadRequest("history holds an empty item id; send the ids of the items file")
-    try:
-        return query_for_ids(snapshot.index, ids, k=body.k, exclude_seen=body.exclude_seen)
-    except UnknownItemError as err:
-        raise BadRequest(str(err)) from None
+    return query_for_ids(snapshot.index, ids, k=body.k, exclude_seen=body.exclude_seen)
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------
@@ -286,6 +281,8 @@ def create_app(
                 "adapter_hash": model.adapter_hash,
                 "round": model.adapter_round,
                 "catalogue_hash": snapshot.index.catalogue_hash,
+                "new_user": query.new_user,  # nothing known: the site's prior ranked
+                "unknown_items": list(query.unknown_ids),  # not in the catalogue: left out
                 "items": [
                     {"rank": position, **r.to_dict()}
                     for position, r in enumerate(recommendations, start=1)

@@ -22,6 +22,7 @@ A damaged or unfitting file is reported (a logged warning) and rebuilt, never tr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ from clients.scorer.collaborative import (
 )
 from clients.scorer.count_releases import CountReleases, default_count_ledger
 from clients.scorer.defaults import DEFAULT_MAX_ITEMS
-from clients.scorer.fusion import FIT_USERS, FusionWeights, fit_fusion
+from clients.scorer.fusion import FIT_USERS, FusionWeights, fit_fusion, fit_new_user_blend
 from clients.scorer.item_index import ItemIndex
 from clients.scorer.private_counts import CountPrivacy
 from shared.config import default_delta
@@ -185,10 +186,10 @@ def _fit(
         data, [data.train_sequence(u) for u in range(data.num_users)], cache_dir, privacy, draw=draw
     )
     pairs = [data.split(u, "validation") for u in range(min(data.num_users, FIT_USERS))]
-    histories = [h for h, _ in pairs]
-    return fit_fusion(
-        rec.scores(histories, item_index.vectors), training, histories, [t for _, t in pairs]
-    )
+    histories, targets = [h for h, _ in pairs], [t for _, t in pairs]
+    weights = fit_fusion(rec.scores(histories, item_index.vectors), training, histories, targets)
+    prior = rec.scores([[]], item_index.vectors)[0]  # the model before it knows the user
+    return dataclasses.replace(weights, new_user_model=fit_new_user_blend(prior, training, targets))
 
 
 def _index_path(cache_dir: Path, fingerprint: str) -> Path:
@@ -253,7 +254,7 @@ def _read_manifest(path: Path) -> tuple[str | None, str | None]:
 def _weights_path(cache_dir: Path | None, model: str, serving: CollaborativeIndex) -> Path | None:
     if cache_dir is None:
         return None
-    # v2: weights with their shrinkage κ (older files were fitted without it: refitted)
+    # v2: weights with their shrinkage κ and new users' blend (older files: refitted)
     return cache_dir / f"fusion-v2-{model}-{serving.fingerprint}-{serving.catalogue}.json"
 
 
@@ -272,9 +273,10 @@ def _read_weights(
             int(saved["fit_on_users"]),
             math.inf if saved.get("mix_gain_z") is None else float(saved["mix_gain_z"]),
             float(saved["kappa"]),
+            float(saved["new_user_model_weight"]),
         )
         unknown = set(weights.weights) - {"model", *serving.signals}
-        values = [*weights.weights.values(), weights.kappa]
+        values = [*weights.weights.values(), weights.kappa, weights.new_user_model]
         if unknown or not all(math.isfinite(w) and w >= 0 for w in values):
             raise ValueError(f"weights {weights.weights} do not fit the signals")
     except (KeyError, TypeError, ValueError, AttributeError) as err:

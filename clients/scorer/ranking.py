@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from clients.scorer.fusion import fuse, standardised_signals
+from clients.scorer.fusion import fuse, new_user_scores, standardised_signals
 from clients.scorer.item_index import ItemIndex
 from clients.scorer.local_signals import LocalSignals
 from shared.model import Recommender
@@ -45,12 +45,16 @@ class Query:
     text: str = ""
     k: int = 10
     exclude_seen: bool = True
+    unknown_ids: tuple[str, ...] = ()  # ids of the request this catalogue does not hold (ignored)
 
     def __post_init__(self) -> None:
-        if not self.history_rows and not self.text.strip():
-            raise ValueError("the history is empty: give at least one item id or some text")
         if self.k < 1:
             raise ValueError(f"k={self.k} is out of range: ask for at least 1 item")
+
+    @property
+    def new_user(self) -> bool:
+        """Nothing known of the user (no known item, no text): ranked by the site's prior."""
+        return not self.history_rows and not self.text.strip()
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,18 @@ class Recommendation:
 def query_for_ids(
     index: ItemIndex, item_ids: Sequence[str], *, k: int = 10, exclude_seen: bool = True
 ) -> Query:
-    """A query from item ids of this site (oldest first); unknown ids raise UnknownItemError."""
+    """A query from item ids of this site (oldest first). Ids the catalogue does not hold (an
+    item removed since, another site's id) are left out and named in ``unknown_ids``; a history
+    with no known id is a new user's."""
     ids = [str(i).strip() for i in item_ids if str(i).strip()]
-    if not ids:
-        raise ValueError("the history is empty: give at least one item id of this site")
-    return Query(history_rows=tuple(index.rows_for(ids)), k=k, exclude_seen=exclude_seen)
+    known = [i for i in ids if i in index.row_of]
+    unknown = tuple(dict.fromkeys(i for i in ids if i not in index.row_of))
+    return Query(
+        history_rows=tuple(index.rows_for(known)),
+        k=k,
+        exclude_seen=exclude_seen,
+        unknown_ids=unknown,
+    )
 
 
 def text_parts(query: Query, limit: int) -> list[str]:
@@ -159,7 +170,7 @@ def recommend(
     evidence = _evidence(rec, index, queries)
     user_vectors = torch.cat(
         [
-            rec.user_vectors([list(q.history_rows)], index.vectors)
+            rec.user_vectors([list(q.history_rows)], index.vectors)  # empty: the model's prior
             if not q.text.strip()
             else rec.user_vectors([list(range(len(labels)))[::-1]], vectors)
             for q, (labels, vectors) in zip(queries, evidence, strict=True)
@@ -176,6 +187,11 @@ def recommend(
             standardised_signals(model_scores, local.index, histories, local.fusion.kappa),
             local.fusion.weights,
         )
+        for row, q in enumerate(queries):
+            if q.new_user:  # no history for the collaborative signals: prior and popularity
+                fused[row] = new_user_scores(
+                    model_scores[row], local.index, local.fusion.new_user_model
+                ).to(fused.device)
         for row, rows_out in enumerate(exclude):
             fused[row, list(rows_out)] = float("-inf")
         scores, rows = fused.topk(min(k_max, fused.shape[1]), dim=1)
@@ -210,7 +226,8 @@ def _evidence(
             continue
         rows = list(dict.fromkeys(q.history_rows[::-1][:limit]))
         labels = [(index.items[r].item_id, index.items[r].title) for r in rows]
-        out.append((labels, index.vectors[torch.tensor(rows, device=index.vectors.device)]))
+        rows_t = torch.tensor(rows, dtype=torch.long, device=index.vectors.device)
+        out.append((labels, index.vectors[rows_t]))
     return out
 
 

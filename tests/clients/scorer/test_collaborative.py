@@ -270,3 +270,22 @@ def test_the_fit_reports_its_shrinkage(random_platform):
     fit = fit_fusion(scores, index, histories, targets)
     assert fit.kappa in KAPPAS and fit.to_dict()["kappa"] == fit.kappa
     assert fit_fusion(scores, index, histories, targets, kappas=(0.0,)).kappa == 0.0
+
+
+def test_the_new_user_blend_follows_whichever_prior_predicts(random_platform):
+    """Validation targets that are the site's most popular items ask for popularity; targets the
+    model's prior puts first ask for the prior."""
+    from clients.scorer.fusion import fit_new_user_blend, new_user_scores
+
+    data = random_platform
+    index = build_collaborative_index(data, data.sequences)
+    popular = [int(i) for i in index.popularity.argsort(descending=True)[:3]]
+    noise = torch.randn(index.items, generator=torch.Generator().manual_seed(3))
+    assert fit_new_user_blend(noise, index, popular * 10) <= 0.3  # mostly popularity
+    liked = [int(i) for i in index.popularity.argsort()[:3]]  # the least popular items
+    prior = noise.clone()
+    prior[liked] += 10.0
+    weight = fit_new_user_blend(prior, index, liked * 10)
+    assert weight > 0.5
+    top = new_user_scores(prior, index, weight).argsort(descending=True)[:3]
+    assert set(top.tolist()) == set(liked)

@@ -121,13 +121,14 @@ def test_chunked_search_equals_full_sort_with_exclusions():
     assert torch.equal(rows, ref_rows)
 
 
-def test_bad_histories_are_refused_with_the_problem_named(scorer):
+def test_unknown_ids_are_left_out_and_named_and_nothing_known_is_a_new_user(scorer):
+    query = query_for_ids(scorer.index, ["m1", "nope", "m2", "nope"])
+    assert query.history_rows == tuple(scorer.index.rows_for(["m1", "m2"]))
+    assert query.unknown_ids == ("nope",) and not query.new_user
+    assert query_for_ids(scorer.index, [" ", ""]).new_user
+    assert query_for_ids(scorer.index, ["nope"]).new_user and Query(text="  ").new_user
     with pytest.raises(UnknownItemError, match="'nope'.*not in this site's catalogue of 8 items"):
-        query_for_ids(scorer.index, ["m1", "nope"])
-    with pytest.raises(ValueError, match="history is empty"):
-        query_for_ids(scorer.index, [" ", ""])
-    with pytest.raises(ValueError, match="history is empty"):
-        Query(text="  ")
+        scorer.index.rows_for(["m1", "nope"])  # where an unknown id is an error, it says so
     with pytest.raises(ValueError, match="k=0 is out of range"):
         Query(text="Fargo", k=0)
 
@@ -180,7 +181,9 @@ def test_rank_command_json_and_table(capsys, scorer, adapter_dir, encoder_dir, p
     assert code == 0 and "because" in out and out.count("\n") >= 5
 
     code, _, err = _cli(capsys, "rank", *common, "--history", "m1,zz")
-    assert code == 2 and "'zz'" in err and "Traceback" not in err
+    assert code == 0 and "not in this catalogue, left out: 'zz'" in err
+    code, _, err = _cli(capsys, "rank", *common, "--history", "zz")
+    assert code == 0 and "no known item: a new user, ranked by the site's prior" in err
     code, _, err = _cli(capsys, "rank", *common, "--history", "m1", "--k", "0")
     assert code == 2 and "--k 0 is out of range" in err
 

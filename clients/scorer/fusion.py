@@ -215,19 +215,27 @@ def new_user_scores(
 
 
 def fit_new_user_blend(
-    prior_scores: torch.Tensor, local: CollaborativeIndex, targets: Sequence[int]
+    prior_scores: torch.Tensor,
+    local: CollaborativeIndex,
+    targets: Sequence[int],
+    min_z: float = MIN_Z,
 ) -> float:
     """The model prior's share for new users with the best NDCG@10 on these validation targets,
-    each ranked as if its user had no history (steps of 0.1; ties keep the smaller share)."""
+    each ranked as if its user had no history (steps of 0.1; ties keep the smaller share), if
+    it beats popularity alone by ``min_z`` standard errors of the paired gain, else 0."""
     target = torch.as_tensor(list(targets)[:FIT_USERS])
-    best, best_ndcg = 0.0, -1.0
-    for step in range(11):
-        scores = new_user_scores(prior_scores, local, step / 10)
-        ranks = (scores.unsqueeze(0) >= scores[target].unsqueeze(1)).sum(1).tolist()
-        value = ranking_metrics(ranks)["ndcg@10"]
-        if value > best_ndcg:
-            best, best_ndcg = step / 10, value
-    return best
+
+    def ranks(weight: float) -> list[int]:
+        scores = new_user_scores(prior_scores, local, weight)
+        return (scores.unsqueeze(0) >= scores[target].unsqueeze(1)).sum(1).tolist()
+
+    best = max(
+        (step / 10 for step in range(11)), key=lambda w: ranking_metrics(ranks(w))["ndcg@10"]
+    )
+    if best == 0.0:
+        return 0.0
+    gain, se = paired_gain(user_ndcg(ranks(best)), user_ndcg(ranks(0.0)))
+    return best if se > 0 and gain / se >= min_z else 0.0
 
 
 def training_index(

@@ -1,6 +1,8 @@
 """The fusion fit, side by side: the 0.1 simplex grid, the pairwise ascent, the ascent with
 count shrinkage κ, on the sites of a `fedxrec simulate` run (each site's personal model).
 
+Then a new user's ranking (no history): popularity, the model's prior and their fitted mix.
+
 Validation only, never the test split: each site's validation users are split in two halves
 (even and odd positions); each fit is made on one half and scored on the other, overall and on
 the cold items (validation targets with at most 5 training interactions), with the fit's
@@ -23,7 +25,9 @@ from clients.scorer.fusion import (
     KAPPAS,
     exclusion_mask,
     fit_fusion,
+    fit_new_user_blend,
     fuse,
+    new_user_scores,
     simplex_grid,
     standardised_signals,
     training_index,
@@ -99,6 +103,34 @@ def site_rows(run: Path, site: str) -> list[list[str]]:
     return rows
 
 
+def new_user_rows(run: Path, site: str) -> list[str]:
+    """A new user's ranking (no history) on validation targets: popularity, the model's prior,
+    and their mix fitted on the other half."""
+    data = load_platform(run / "platforms" / site, site)
+    rec = load_scorer_model(run / "state" / site / "personal", device="cpu").rec
+    local = training_index(data)
+    targets = [data.split(u, "validation")[1] for u in range(min(data.num_users, 2 * FIT_USERS))]
+    prior = rec.scores([[]], rec.encode_items(data.item_texts))[0]
+    halves = [targets[0::2], targets[1::2]]
+
+    def ndcg(weight: float, chosen: list[int]) -> float:
+        scores = new_user_scores(prior, local, weight)
+        return ranking_metrics(
+            (scores.unsqueeze(0) >= scores[torch.as_tensor(chosen)].unsqueeze(1)).sum(1).tolist()
+        )["ndcg@10"]
+
+    fitted = [fit_new_user_blend(prior, local, fit_on) for fit_on in halves]
+    mixed = (ndcg(fitted[0], halves[1]) + ndcg(fitted[1], halves[0])) / 2
+    return [
+        site,
+        str(len(targets)),
+        f"{ndcg(0.0, targets):.4f}",
+        f"{ndcg(1.0, targets):.4f}",
+        f"{mixed:.4f}",
+        " | ".join(f"{w:.1f}" for w in fitted),
+    ]
+
+
 def _chosen(fit) -> tuple[dict[str, float], float]:
     return fit.weights, fit.kappa
 
@@ -114,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     header = ["site", "val users", "cold", "fit", "NDCG@10 (other half)", "cold NDCG@10"]
     rows = [row for site in sites for row in site_rows(args.run, site)]
     print(format_table([[*header, "fit s", "chosen (each half)"], *rows], markdown=True))
+    print("\nNew users (no history), validation NDCG@10:")
+    header = ["site", "val users", "popularity", "model prior", "fitted mix", "prior's share"]
+    rows = [new_user_rows(args.run, site) for site in sites]
+    print(format_table([header, *rows], markdown=True))
     return 0
 
 

@@ -171,37 +171,39 @@ def _field(where: str, name: str, value: Any, rule: Callable[[Any], T], fix: str
         ) from None
 
 
+def item_from_row(row: dict[str, Any], where: str) -> Item:
+    """One item from a row of an items file (or a request), every field checked by its rule."""
+    item_id = _field(where, "item_id", row.get("item_id"), fields.identifier)
+    if not item_id:
+        raise DataError(f"{where}: empty item_id; give every item an id")
+    title = _field(where, "title", row.get("title"), fields.required_text)
+    if not title:
+        raise DataError(
+            f"{where}: item '{item_id}' has an empty title; items are ranked by their text, "
+            "so give it a title"
+        )
+    return Item(
+        item_id=item_id,
+        title=title,
+        year=_field(where, "year", row.get("year"), fields.year),
+        categories=_field(where, "categories", row.get("categories"), fields.categories),
+        description=_field(where, "description", row.get("description"), fields.optional_text),
+    )
+
+
 def read_items(path: Path) -> list[Item]:
     items: list[Item] = []
     seen: dict[str, int] = {}
     for line, row in read_rows(path, ITEM_COLUMNS):
         where = f"{path}, line {line}"
-        item_id = _field(where, "item_id", row.get("item_id"), fields.identifier)
-        if not item_id:
-            raise DataError(f"{where}: empty item_id; give every item an id")
-        title = _field(where, "title", row.get("title"), fields.required_text)
-        if not title:
+        item = item_from_row(row, where)
+        if item.item_id in seen:
             raise DataError(
-                f"{where}: item '{item_id}' has an empty title; items are ranked by their text, "
-                "so give it a title"
+                f"{where}: item '{item.item_id}' is listed twice (first at line "
+                f"{seen[item.item_id]}); keep one row per item"
             )
-        if item_id in seen:
-            raise DataError(
-                f"{where}: item '{item_id}' is listed twice (first at line {seen[item_id]}); keep "
-                "one row per item"
-            )
-        seen[item_id] = line
-        items.append(
-            Item(
-                item_id=item_id,
-                title=title,
-                year=_field(where, "year", row.get("year"), fields.year),
-                categories=_field(where, "categories", row.get("categories"), fields.categories),
-                description=_field(
-                    where, "description", row.get("description"), fields.optional_text
-                ),
-            )
-        )
+        seen[item.item_id] = line
+        items.append(item)
     if not items:
         raise DataError(f"{path}: no items; the catalogue must list at least one item")
     return items

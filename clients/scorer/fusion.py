@@ -96,16 +96,25 @@ def standardised_signals(
     the model's z-score. With ``kappa`` > 0 a signal's z-score for an item with n interactions
     is blended with the model's as n / (n + kappa): the fewer interactions the site has seen,
     the more the model ranks the item."""
-    excluded = exclusion_mask(histories, local.items)
+    items = model_scores.shape[1]  # the catalogue may have grown since the counts were built
+    excluded = exclusion_mask(histories, items)
     model_z = standardise(model_scores.float().cpu(), excluded)
-    counts = local.counts.float().clamp(min=0.0)
+    counts = _padded(local.counts.float().clamp(min=0.0), items)
     evidence = counts / (counts + kappa) if kappa > 0 else (counts > 0).float()
     known_user = (excluded & (counts > 0).unsqueeze(0)).any(1, keepdim=True)
     say = evidence.unsqueeze(0) * known_user.float()  # [users, items]: the signal's share
     out = {"model": model_z}
-    for name, scores in local.scores(histories).items():
-        out[name] = say * standardise(scores, excluded) + (1.0 - say) * model_z
+    local_histories = [[r for r in h if r < local.items] for h in histories]
+    for name, scores in local.scores(local_histories).items():
+        out[name] = say * standardise(_padded(scores, items), excluded) + (1.0 - say) * model_z
     return out
+
+
+def _padded(values: torch.Tensor, items: int) -> torch.Tensor:
+    """``values`` [..., n] with zeros for the items added after it was built (the counts know
+    nothing of them: their say is 0, so they are ranked by the model)."""
+    extra = items - values.shape[-1]
+    return torch.nn.functional.pad(values, (0, extra)) if extra > 0 else values
 
 
 def fuse(signals: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
@@ -208,9 +217,11 @@ def new_user_scores(
 ) -> torch.Tensor:
     """[items] scores for a user the site knows nothing of: the model's prior (its score for an
     empty history) and the site's recency-weighted popularity, standardised, mixed."""
-    nothing = torch.zeros(1, local.items, dtype=torch.bool)
+    items = prior_scores.shape[-1]
+    nothing = torch.zeros(1, items, dtype=torch.bool)
     prior_z = standardise(prior_scores.float().cpu().reshape(1, -1), nothing)[0]
-    popularity_z = standardise(local.popularity.float().reshape(1, -1), nothing)[0]
+    popularity = _padded(local.popularity.float(), items)
+    popularity_z = standardise(popularity.reshape(1, -1), nothing)[0]
     return model_weight * prior_z + (1.0 - model_weight) * popularity_z
 
 

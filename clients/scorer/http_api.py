@@ -6,7 +6,8 @@ Endpoints:
 - ``GET /health`` (the live model and the probe it passed); ``GET /model`` (adapter hash, round,
   encoder, catalogue, fusion weights);
 - admin, only with the admin token (``Authorization: Bearer TOKEN``; no token configured = off):
-  ``POST /reload`` (``?wait=true`` to block until done) loads the adapter folder, items and
+  ``PUT``/``DELETE /items/{id}`` change the catalogue while it serves
+  (clients/scorer/catalogue_api.py); ``POST /reload`` (``?wait=true`` to block until done) loads the adapter folder, items and
   interactions again in the background, one reload at a time (another gets 409); ``GET
   /openapi.json``. ``--watch`` reloads when their files change.
 
@@ -45,6 +46,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
 
 from clients.scorer.batcher import DEFAULT_MAX_BATCH, RankBatcher
+from clients.scorer.catalogue_api import add_catalogue_routes
 from clients.scorer.model import SiteScorer
 from clients.scorer.ranking import Query, query_for_ids
 from clients.scorer.service import ScorerService
@@ -349,6 +351,7 @@ def create_app(
             )
         return JSONResponse({"status": "reloaded", **fresh.describe()})
 
+    add_catalogue_routes(app, service, admin, AsciiJSONResponse)
     return app
 
 

@@ -54,13 +54,21 @@ class ItemIndex:
     model_fingerprint: str
     encoded: int  # items encoded while building this index; the others came from the cache
     row_of: dict[str, int] = field(repr=False, default_factory=dict)
+    # rows of items removed while the service runs: never ranked, unknown to requests
+    retired: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.row_of:
-            self.row_of.update({item.item_id: row for row, item in enumerate(self.items)})
+            self.row_of.update(
+                {
+                    item.item_id: row
+                    for row, item in enumerate(self.items)
+                    if row not in self.retired
+                }
+            )
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) - len(self.retired)
 
     def rows_for(self, item_ids: Sequence[str]) -> list[int]:
         """Catalogue rows of ``item_ids``, refusing any id this catalogue does not hold."""
@@ -70,7 +78,7 @@ class ItemIndex:
             more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
             raise UnknownItemError(
                 f"unknown item id(s) {shown}{more}: not in this site's catalogue of "
-                f"{len(self.items)} items; use the item_id column of the items file"
+                f"{len(self)} items; use the item_id column of the items file"
             )
         return [self.row_of[i] for i in item_ids]
 

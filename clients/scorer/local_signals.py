@@ -97,6 +97,7 @@ def load_local_signals(
     local_epsilon: float = 0.0,
     local_max_items: int = DEFAULT_MAX_ITEMS,
     count_releases: CountReleases | None = None,
+    removed_items: frozenset[str] = frozenset(),
 ) -> LocalSignals:
     """Read the interactions, build (or read back) the index and the fitted weights (cached in
     ``cache_dir/local``, beside the item vectors).
@@ -129,7 +130,12 @@ def load_local_signals(
         return LocalSignals(
             serving, weights, interactions_file, (COLLABORATIVE_INDEX, FUSION_WEIGHTS), total
         )
-    interactions = read_interactions(interactions_file, set(item_index.row_of))
+    known = set(item_index.row_of)
+    interactions = [  # those of items removed from the catalogue are left out, not refused
+        i
+        for i in read_interactions(interactions_file, known | removed_items)
+        if i.item_id in known
+    ]
     everyone = build_platform("site", items, interactions, min_user_interactions=1)
     data_key = interactions_fingerprint(everyone.sequences, everyone)
     privacy = draw = None

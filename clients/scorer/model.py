@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from clients.scorer.catalogue_changes import replay_catalogue
 from clients.scorer.count_releases import CountReleases
 from clients.scorer.defaults import DEFAULT_MAX_ITEMS, PRECISIONS
 from clients.scorer.item_index import ItemIndex, build_item_index, default_cache_dir
@@ -45,7 +46,6 @@ from shared.adapter import (
     set_adapter_arrays,
 )
 from shared.config import ConfigError, FedxrecConfig, ModelConfig
-from shared.data import read_items
 from shared.model import (
     DEFAULT_ENCODER,
     Recommender,
@@ -277,7 +277,8 @@ def load_site_scorer(
     ``cache_dir=None`` uses the default cache folder of ``items_file``; pass ``""`` for no cache.
     """
     items_file = Path(items_file)
-    items = read_items(items_file)  # a bad catalogue fails before the (slower) model load
+    # a bad catalogue fails before the (slower) model load; the journal's changes replayed
+    items, removed = replay_catalogue(items_file)
     interactions_file = None
     if not text_only:
         interactions_file = (
@@ -309,6 +310,7 @@ def load_site_scorer(
             local_epsilon=local_epsilon,
             local_max_items=local_max_items,
             count_releases=count_releases,
+            removed_items=removed,
         )
     return SiteScorer(
         model=model,

@@ -176,7 +176,8 @@ def recommend(
             for q, (labels, vectors) in zip(queries, evidence, strict=True)
         ]
     )
-    exclude = [q.history_rows if q.exclude_seen else () for q in queries]
+    retired = tuple(index.retired)  # removed while serving: never ranked
+    exclude = [(q.history_rows if q.exclude_seen else ()) + retired for q in queries]
     k_max = max(q.k for q in queries)
     if local is None:
         scores, rows = top_k(user_vectors, index.vectors, k_max, exclude, chunk_rows)

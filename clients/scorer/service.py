@@ -4,7 +4,8 @@ A snapshot (``SiteScorer``: model + item index + the site's own signals) is neve
 reload builds a complete new one aside and swaps it in with one reference assignment, so a request
 that took the old one is answered from it alone. A failed reload keeps the old snapshot and is
 reported. ``--watch`` reloads when the adapter folder, the items file or the interactions file
-changes on disk.
+changes on disk. Item additions, updates and removals (clients/scorer/catalogue_changes.py) make
+new snapshots the same way, one change at a time and never during a reload.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from clients.scorer.catalogue_changes import DELETE, PUT, append_change
+from clients.scorer.live_catalogue import with_item, without_item
 from clients.scorer.model import SiteScorer
 from shared.adapter import CONFIG_FILE, HEAD_FILE, META_FILE, WEIGHTS_FILE
+from shared.text import Item
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,27 @@ class ScorerService:
                 seen = now
                 log.info("adapter or catalogue changed on disk: reloading")
                 self.request_reload()
+
+    def put_item(self, item: Item) -> tuple[SiteScorer, str]:
+        """Add or update one item while serving: encoded alone, journaled, then swapped in;
+        "added" or "updated"."""
+        with self._reload_lock:  # after any reload in progress, which replays the journal
+            fresh, done = with_item(self._current, item)
+            append_change(fresh.items_file, PUT, item.item_id, item)  # durable before served
+            self._swap(fresh)
+            return fresh, done
+
+    def remove_item(self, item_id: str) -> SiteScorer:
+        """Retire one item while serving; KeyError when the catalogue does not hold it."""
+        with self._reload_lock:
+            fresh = without_item(self._current, item_id)
+            append_change(fresh.items_file, DELETE, item_id)
+            self._swap(fresh)
+            return fresh
+
+    def _swap(self, fresh: SiteScorer) -> None:
+        self._current = fresh  # one reference assignment, atomic for readers
+        self.generation += 1
 
     def describe(self) -> dict[str, Any]:
         return {

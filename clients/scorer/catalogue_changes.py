@@ -8,9 +8,9 @@ journal replayed over it, at every start and reload, so a restart serves what wa
 Crash consistency: a change is one line; a crash in the middle of writing one leaves a torn last
 line, which is reported and ignored (the catalogue before that change), and nothing else of the
 file is ever rewritten. A damaged line before the last is an error naming it (the file was
-edited), never a silently different catalogue. To fold the changes into the items file, rewrite
-it from ``GET``-able state and delete the journal (the journal is replayed idempotently: a
-``put`` of an item already there with the same text changes nothing).
+edited), never a silently different catalogue. To fold the changes into the items file, stop the
+service, write them into it and delete the journal (a ``put`` of an item already there with the
+same text changes nothing, so replaying a journal over a file that holds it is harmless).
 
 In the running service a change builds a new snapshot beside the old one (clients/scorer/
 live_catalogue.py) and swaps it in, like a reload, without re-encoding the rest.

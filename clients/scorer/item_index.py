@@ -56,6 +56,9 @@ class ItemIndex:
     row_of: dict[str, int] = field(repr=False, default_factory=dict)
     # rows of items removed while the service runs: never ranked, unknown to requests
     retired: frozenset[int] = frozenset()
+    # live additions: ``vectors`` is the head of this larger buffer, whose spare rows take the
+    # next items without copying the catalogue (rows past ``vectors`` are no snapshot's)
+    buffer: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.row_of:

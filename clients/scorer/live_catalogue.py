@@ -37,14 +37,17 @@ def with_item(snapshot: SiteScorer, item: Item) -> tuple[SiteScorer, str]:
     items = list(index.items)
     row_of = dict(index.row_of)
     retired = index.retired
+    buffer = None
     if row is None:
         row = len(items)
         items.append(item)
-        vectors = torch.cat([index.vectors, vector])
+        buffer = _room_for_one(index)
+        buffer[row] = vector[0]  # past every served snapshot's rows: none of them sees it
+        vectors = buffer[: row + 1]
         done = "added"
     else:
         items[row] = item
-        vectors = index.vectors.clone()
+        vectors = index.vectors.clone()  # a served row: written in a copy only
         vectors[row] = vector[0]
         done = "updated"
     row_of[item.item_id] = row
@@ -57,8 +60,26 @@ def with_item(snapshot: SiteScorer, item: Item) -> tuple[SiteScorer, str]:
         encoded=1,
         row_of=row_of,
         retired=retired,
+        buffer=buffer,
     )
     return dataclasses.replace(snapshot, index=fresh), done
+
+
+def _room_for_one(index: ItemIndex) -> torch.Tensor:
+    """A buffer whose first rows are ``index``'s vectors with at least one spare row: the
+    index's own when it has room, else a copy with a quarter more rows (amortised: the
+    catalogue is copied once per growth by 25 %, not once per item)."""
+    rows = index.vectors.shape[0]
+    buffer = index.buffer
+    if (
+        buffer is not None
+        and buffer.shape[0] > rows
+        and buffer.data_ptr() == index.vectors.data_ptr()
+    ):
+        return buffer
+    grown = index.vectors.new_empty(rows + max(1024, rows // 4), index.vectors.shape[1])
+    grown[:rows] = index.vectors
+    return grown
 
 
 def without_item(snapshot: SiteScorer, item_id: str) -> SiteScorer:
@@ -75,5 +96,6 @@ def without_item(snapshot: SiteScorer, item_id: str) -> SiteScorer:
         encoded=0,
         row_of=row_of,
         retired=index.retired | {row},
+        buffer=index.buffer,
     )
     return dataclasses.replace(snapshot, index=fresh)

@@ -132,9 +132,7 @@ def load_local_signals(
         )
     known = set(item_index.row_of)
     interactions = [  # those of items removed from the catalogue are left out, not refused
-        i
-        for i in read_interactions(interactions_file, known | removed_items)
-        if i.item_id in known
+        i for i in read_interactions(interactions_file, known | removed_items) if i.item_id in known
     ]
     everyone = build_platform("site", items, interactions, min_user_interactions=1)
     data_key = interactions_fingerprint(everyone.sequences, everyone)

@@ -60,6 +60,10 @@ def test_an_added_item_scores_as_in_a_full_rebuild(site):  # noqa: F811
         assert [r.item_id for r in got] == [r.item_id for r in want]
         assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-4)
     assert scorer.index.row_of.get("m99") is None  # the old snapshot is untouched
+    before = live.index.vectors.clone()
+    newer, _ = service.put_item(Item("m100", "Heat", "1995"))  # into the spare row
+    assert torch.equal(live.index.vectors, before) and len(live.index) == len(scorer.index) + 1
+    assert newer.index.vectors.shape[0] == live.index.vectors.shape[0] + 1
 
 
 def test_the_service_adds_updates_and_removes_items_while_it_ranks(site):  # noqa: F811

@@ -16,12 +16,28 @@ import math
 from pathlib import Path
 from typing import Any
 
-FORMAT = "fedxrec-privacy-ledger-2"
+from shared.config import MIN_NOISE_MULTIPLIER
+
+FORMAT = "fedxrec-privacy-ledger-3"  # 3: the head also covers planned_noise
+PREVIOUS_FORMAT = "fedxrec-privacy-ledger-2"  # read, verified, and saved again as 3
+GENESIS_TAG = "fedxrec-privacy-ledger-2"  # the chain's salt since format 2: never changes
+CHAINED_MARKER = "privacy_ledger.chained"  # beside a ledger once it was chained: no way back
 ACCOUNTANTS = ("prv", "rdp")
 
 
 class LedgerError(ValueError):
     """The ledger file is unreadable, was edited, or belongs to other data."""
+
+
+def check_noise_floor(sigma: float, what: str) -> None:
+    """Refuse a σ below MIN_NOISE_MULTIPLIER (shared/config.py says why) before it reaches the
+    accountant, whose memory would grow without bound."""
+    if not sigma >= MIN_NOISE_MULTIPLIER:
+        raise LedgerError(
+            f"{what} = {sigma:g} is below the floor {MIN_NOISE_MULTIPLIER:g}: its ε is useless at "
+            "any budget, and accounting for it would exhaust the memory; set "
+            "privacy.noise_multiplier=0 to let the site choose σ for its budget"
+        )
 
 
 class PrivacyBudgetExceeded(RuntimeError):
@@ -30,7 +46,12 @@ class PrivacyBudgetExceeded(RuntimeError):
 
 
 def genesis(platform: str, delta: float, accountant: str) -> str:
-    return _digest(["genesis", FORMAT, platform, repr(float(delta)), accountant])
+    return _digest(["genesis", GENESIS_TAG, platform, repr(float(delta)), accountant])
+
+
+def head_of(last_link: str, planned_noise: dict[str, float]) -> str:
+    """The ledger's head: its last release's chain and the σ planned for each run."""
+    return _digest([last_link, sorted((k, repr(float(v))) for k, v in planned_noise.items())])
 
 
 def chain_of(previous: str, release: dict[str, Any]) -> str:
@@ -88,10 +109,20 @@ def read_ledger(path: Path, platform: str, num_users: int) -> dict[str, Any]:
         raise refuse("'releases' is not a list")
     planned = saved.get("planned_noise", {})
     if not isinstance(planned, dict) or not all(
-        isinstance(k, str) and _finite(v) and v > 0 for k, v in planned.items()
+        isinstance(k, str) and _finite(v) and v >= MIN_NOISE_MULTIPLIER for k, v in planned.items()
     ):
-        raise refuse("'planned_noise' must map run ids to finite σ > 0")
-    chained = saved.get("format") == FORMAT
+        raise refuse(f"'planned_noise' must map run ids to finite σ >= {MIN_NOISE_MULTIPLIER}")
+    fmt = saved.get("format")
+    carries_chain = "head" in saved or any(isinstance(r, dict) and "chain" in r for r in releases)
+    chained = fmt in (FORMAT, PREVIOUS_FORMAT)
+    if not chained and (
+        fmt is not None or carries_chain or (path.parent / CHAINED_MARKER).exists()
+    ):
+        raise refuse(
+            f"its format is {'missing' if fmt is None else repr(fmt)}, but it "
+            + ("carries a hash chain" if carries_chain else f"was chained ({CHAINED_MARKER})")
+            + ": a chained ledger does not turn back into an unchained one unless it was edited"
+        )
     link = genesis(platform, delta, accountant)
     for n, release in enumerate(releases, start=1):
         _check_release(release, n, refuse)
@@ -101,14 +132,17 @@ def read_ledger(path: Path, platform: str, num_users: int) -> dict[str, Any]:
                 f"release {n} does not match the chain of the releases before it: the file was "
                 "edited, truncated in the middle or reordered"
             )
-    if chained and saved.get("head") != link:
-        raise refuse("its head does not match its last release: the file was edited")
+    head = head_of(link, planned) if fmt == FORMAT else link
+    if chained and saved.get("head") != head:
+        raise refuse(
+            "its head does not match its last release and planned noise: the file was edited"
+        )
     return {
         "delta": delta,
         "accountant": accountant,
         "releases": releases,
         "planned_noise": dict(planned),
-        "adopted": not chained,  # an older ledger without a chain, chained from now on
+        "adopted": fmt != FORMAT,  # an older ledger: saved in this format from now on
     }
 
 
@@ -118,7 +152,7 @@ def _check_release(release: Any, n: int, refuse: Any) -> None:
     checks = {
         "run_id": lambda v: isinstance(v, str) and bool(v),
         "server_round": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-        "noise_multiplier": lambda v: _finite(v) and v > 0,
+        "noise_multiplier": lambda v: _finite(v) and v >= MIN_NOISE_MULTIPLIER,
         "sample_rate": lambda v: _finite(v) and 0 < v <= 1,
         "steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         "epsilon_after": lambda v: _finite(v) and v >= 0,

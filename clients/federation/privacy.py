@@ -23,14 +23,17 @@ import numpy as np
 from opacus.accountants import create_accountant
 
 from clients.federation.ledger_file import (
+    CHAINED_MARKER,
     FORMAT,
     LedgerError,
     PrivacyBudgetExceeded,
     chain_of,
+    check_noise_floor,
     genesis,
+    head_of,
     read_ledger,
 )
-from shared.config import default_delta
+from shared.config import MIN_NOISE_MULTIPLIER, default_delta
 
 __all__ = ["LedgerError", "PrivacyBudgetExceeded", "PrivacyLedger", "default_delta"]
 
@@ -112,7 +115,7 @@ class PrivacyLedger:
             link = release.chain = chain_of(link, asdict(release))
         payload = {
             "format": FORMAT,
-            "head": link,
+            "head": head_of(link, self.planned_noise),
             "platform": self.platform,
             "num_users": self.num_users,
             "delta": self.delta,
@@ -127,6 +130,7 @@ class PrivacyLedger:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        (self.path.parent / CHAINED_MARKER).touch()
 
     # -- accounting -----------------------------------------------------------------------------
     @property
@@ -187,6 +191,7 @@ class PrivacyLedger:
         steps: int,
     ) -> float:
         """Record a release before it happens; refuse if it would exceed the budget."""
+        check_noise_floor(noise_multiplier, "the noise multiplier σ")
         after = self.epsilon([(noise_multiplier, sample_rate, steps)])
         if after > self.epsilon_budget * (1 + 1e-6):
             raise PrivacyBudgetExceeded(
@@ -240,7 +245,9 @@ def noise_for_budget(
     def eps(sigma: float) -> float:
         return epsilon_of(history + [(sigma, sample_rate, steps)], delta, accountant)
 
-    low, high = 0.3, 2.0
+    low, high = MIN_NOISE_MULTIPLIER, 2.0
+    if eps(low) <= target_epsilon:  # a budget this large: the floor, never less noise
+        return low
     while eps(high) > target_epsilon:
         low, high = high, high * 2
         if high > 1e4:

@@ -126,6 +126,7 @@ def _edit(path, change):
         (lambda d: d.update(accountant="gdp"), "unknown accountant 'gdp'"),
         (lambda d: d.update(releases={"a": 1}), "'releases' is not a list"),
         (lambda d: d.update(planned_noise={"run": -1}), "'planned_noise' must map"),
+        (lambda d: d["releases"][0].update(noise_multiplier=0.01), "impossible noise_multiplier"),
     ],
 )
 def test_an_edited_ledger_is_refused_with_the_file_named(tmp_path, change, message):
@@ -142,15 +143,82 @@ def test_non_utf8_ledger_is_refused(tmp_path):
         _open(tmp_path)
 
 
+def _unchained(d):
+    d.pop("format"), d.pop("head"), *(r.pop("chain") for r in d["releases"])
+
+
 def test_an_older_ledger_without_a_chain_is_checked_and_chained(tmp_path):
     path = _spent_ledger(tmp_path)
-    _edit(
-        path, lambda d: [d.pop("format"), d.pop("head"), *(r.pop("chain") for r in d["releases"])]
-    )
+    _edit(path, _unchained)
+    (tmp_path / "privacy_ledger.chained").unlink()  # a site that never had a chained ledger
     ledger = _open(tmp_path, epsilon_budget=50.0)
     assert len(ledger.releases) == 3
     saved = json.loads(path.read_text())
-    assert saved["format"] == "fedxrec-privacy-ledger-2" and saved["head"]
+    assert saved["format"] == "fedxrec-privacy-ledger-3" and saved["head"]
+    assert (tmp_path / "privacy_ledger.chained").is_file()
+
+
+@pytest.mark.parametrize(
+    ("change", "marker", "message"),
+    [
+        (lambda d: d.pop("format"), True, "format is missing, but it carries a hash chain"),
+        (lambda d: d.pop("format"), False, "format is missing, but it carries a hash chain"),
+        (_unchained, True, "format is missing, but it was chained"),
+        (lambda d: d.update(format="fedxrec-privacy-ledger-1"), True, "carries a hash chain"),
+    ],
+)
+def test_a_chained_ledger_cannot_be_downgraded_to_skip_its_chain(tmp_path, change, marker, message):
+    """Deleting the format key (and even the chain) no longer makes the ledger read as an old
+    unchained one whose edited releases would be accepted and chained anew."""
+    path = _spent_ledger(tmp_path)
+    _edit(path, lambda d: [change(d), d["releases"][1].update(noise_multiplier=100.0)])
+    if not marker:
+        (tmp_path / "privacy_ledger.chained").unlink()
+    with pytest.raises(LedgerError, match=message):
+        _open(tmp_path, epsilon_budget=50.0)
+
+
+def test_planned_noise_is_covered_by_the_chain_and_a_format_2_ledger_still_loads(tmp_path):
+    from clients.federation.ledger_file import chain_of, genesis
+
+    ledger = _open(tmp_path, epsilon_budget=50.0)
+    ledger.noise_for_run("run", 0.1, 30)
+    ledger.reserve("run", 1, ledger.planned_noise["run"], 0.1, 10)
+    path = tmp_path / "privacy_ledger.json"
+    _edit(path, lambda d: d["planned_noise"].update(run=0.6))
+    with pytest.raises(LedgerError, match="head does not match its last release and planned"):
+        _open(tmp_path, epsilon_budget=50.0)
+
+    def as_format_2(d):  # what the previous version wrote: the head is the last release's chain
+        d["planned_noise"]["run"] = ledger.planned_noise["run"]
+        link = genesis("books", d["delta"], d["accountant"])
+        for release in d["releases"]:
+            link = chain_of(link, release)
+        d.update(format="fedxrec-privacy-ledger-2", head=link)
+
+    _edit(path, as_format_2)
+    again = _open(tmp_path, epsilon_budget=50.0)
+    assert again.planned_noise == ledger.planned_noise and len(again.releases) == 1
+    assert json.loads(path.read_text())["format"] == "fedxrec-privacy-ledger-3"  # upgraded
+
+
+def test_a_tiny_sigma_is_refused_before_the_accountant_sees_it(tmp_path):
+    from shared.config import ConfigError, FedxrecConfig
+
+    with pytest.raises(ConfigError, match=r"privacy.noise_multiplier' must be 0 .* or >= 0.5"):
+        FedxrecConfig().with_overrides({"privacy.noise_multiplier": 0.01})
+    ledger = _open(tmp_path, epsilon_budget=50.0)
+    with pytest.raises(LedgerError, match="σ = 0.01 is below the floor 0.5"):
+        ledger.reserve("run", 1, 0.01, 0.1, 10)
+    assert ledger.releases == []
+    _spent_ledger(tmp_path)
+    _edit(tmp_path / "privacy_ledger.json", lambda d: d["planned_noise"].update(run=0.01))
+    with pytest.raises(LedgerError, match=r"'planned_noise' must map run ids to finite σ >= 0.5"):
+        _open(tmp_path, epsilon_budget=50.0)
+    # an enormous budget gets the floor, not a smaller σ
+    assert noise_for_budget(
+        [], target_epsilon=1e6, delta=1e-5, sample_rate=0.1, steps=10, accountant="rdp"
+    ) == pytest.approx(0.5)
 
 
 def test_a_lost_or_rolled_back_ledger_is_refused(tmp_path):

@@ -21,45 +21,55 @@ from clients.scorer.collaborative import CollaborativeIndex, build_collaborative
 from shared.data import PlatformData
 from shared.metrics import target_ranks
 
-Scorer = Callable[[PlatformData, str, list[int]], torch.Tensor]
+Counted = list[list[int]] | None  # the sequences the statistics count (None: the training ones)
+Scorer = Callable[[PlatformData, str, list[int], Counted], torch.Tensor]
 
 
-def training_matrix(data: PlatformData) -> torch.Tensor:
+def _counted(data: PlatformData, counted: Counted) -> list[list[int]]:
+    return [data.train_sequence(u) for u in range(data.num_users)] if counted is None else counted
+
+
+def training_matrix(data: PlatformData, counted: Counted = None) -> torch.Tensor:
     """Binary [users, items]: 1 where the item is in the user's training sequence."""
     matrix = torch.zeros(data.num_users, len(data.items))
-    for u in range(data.num_users):
-        seq = data.train_sequence(u)
+    for u, seq in enumerate(_counted(data, counted)):
         if seq:
             matrix[u, seq] = 1.0
     return matrix
 
 
-def popularity_scores(data: PlatformData, split: str, users: list[int]) -> torch.Tensor:
+def popularity_scores(
+    data: PlatformData, split: str, users: list[int], counted: Counted = None
+) -> torch.Tensor:
     """Every user gets the platform's items ordered by how many users trained on them."""
-    counts = training_matrix(data).sum(dim=0)
+    counts = training_matrix(data, counted).sum(dim=0)
     return counts.unsqueeze(0).expand(len(users), -1).clone()
 
 
-def local_index(data: PlatformData) -> CollaborativeIndex:
-    """The site's collaborative index over every user's training sequence, every neighbour kept
-    (the ItemKNN and EASE baselines are the site-side signals of clients/scorer/collaborative.py)."""
-    sequences = [data.train_sequence(u) for u in range(data.num_users)]
-    return build_collaborative_index(data, sequences, neighbours=len(data.items))
+def local_index(data: PlatformData, counted: Counted = None) -> CollaborativeIndex:
+    """The site's collaborative index over every user's training sequence (or ``counted``),
+    every neighbour kept (the ItemKNN and EASE baselines are the site-side signals of
+    clients/scorer/collaborative.py)."""
+    return build_collaborative_index(data, _counted(data, counted), neighbours=len(data.items))
 
 
 def _histories(data: PlatformData, split: str, users: list[int]) -> list[list[int]]:
     return [data.split(u, split)[0] for u in users]
 
 
-def itemknn_scores(data: PlatformData, split: str, users: list[int]) -> torch.Tensor:
+def itemknn_scores(
+    data: PlatformData, split: str, users: list[int], counted: Counted = None
+) -> torch.Tensor:
     """ItemKNN (all neighbours): an item's score is the sum of its cosine similarities (of
     co-occurrence in training sequences) to the history's items."""
-    return local_index(data).scores(_histories(data, split, users))["itemknn"]
+    return local_index(data, counted).scores(_histories(data, split, users))["itemknn"]
 
 
-def ease_scores(data: PlatformData, split: str, users: list[int]) -> torch.Tensor:
+def ease_scores(
+    data: PlatformData, split: str, users: list[int], counted: Counted = None
+) -> torch.Tensor:
     """EASE (Steck 2019), closed form over the training sequences."""
-    index = local_index(data)
+    index = local_index(data, counted)
     if index.ease is None:
         raise ValueError(f"platform '{data.name}' is too large for EASE ({len(data.items)} items)")
     return index.scores(_histories(data, split, users))["ease"]
@@ -73,10 +83,17 @@ BASELINES: dict[str, Scorer] = {
 
 
 def baseline_ranks(
-    scorer: Scorer, data: PlatformData, split: str, users: list[int] | None = None
+    scorer: Scorer,
+    data: PlatformData,
+    split: str,
+    users: list[int] | None = None,
+    counted: Counted = None,
 ) -> list[int]:
-    """1-based target ranks of ``users`` (default all) on ``split``, ranked like every method."""
+    """1-based target ranks of ``users`` (default all) on ``split``, ranked like every method,
+    the item statistics counting ``counted`` (default every user's training sequence)."""
     users = list(range(data.num_users)) if users is None else users
+    if not users:
+        return []
     pairs = [data.split(u, split) for u in users]
-    scores = scorer(data, split, users)
+    scores = scorer(data, split, users, counted)
     return target_ranks(scores, [t for _, t in pairs], [h for h, _ in pairs])

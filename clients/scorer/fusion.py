@@ -250,13 +250,54 @@ def fit_new_user_blend(
 
 
 def training_index(
-    data: PlatformData, privacy: CountPrivacy | None = None, seed: int | None = None
+    data: PlatformData,
+    privacy: CountPrivacy | None = None,
+    seed: int | None = None,
+    sequences: Sequence[Sequence[int]] | None = None,
 ) -> CollaborativeIndex:
-    """The site's collaborative index as evaluation needs it: training sequences only, so no
-    validation or test target is ever counted (with ``privacy``: user-level DP counts, noise
-    drawn with ``seed``)."""
-    sequences = [data.train_sequence(u) for u in range(data.num_users)]
+    """The site's collaborative index as evaluation needs it: training sequences only (or a part
+    of each, ``sequences``), so no validation or test target is ever counted (with ``privacy``:
+    user-level DP counts, noise drawn with ``seed``)."""
+    if sequences is None:
+        sequences = [data.train_sequence(u) for u in range(data.num_users)]
     return build_collaborative_index(data, sequences, privacy=privacy, seed=seed)
+
+
+def fit_site_fusion(
+    rec: Recommender, data: PlatformData, local: CollaborativeIndex, item_vectors: torch.Tensor
+) -> FusionWeights:
+    """The site's fusion weights, fitted on its validation split (never a test target)."""
+    val = [data.split(u, "validation") for u in range(data.num_users)]
+    val_histories = [h for h, _ in val]
+    return fit_fusion(
+        rec.scores(val_histories[:FIT_USERS], item_vectors),
+        local,
+        val_histories,
+        [t for _, t in val],
+    )
+
+
+def fused_split_ranks(
+    rec: Recommender,
+    data: PlatformData,
+    local: CollaborativeIndex,
+    item_vectors: torch.Tensor,
+    weights: FusionWeights,
+    split: str = "test",
+    users: Sequence[int] | None = None,
+) -> list[int]:
+    """Ranks of ``users`` (default all) on ``split`` by the model fused with ``local``."""
+    users = range(data.num_users) if users is None else users
+    pairs = [data.split(u, split) for u in users]
+    histories, targets = [h for h, _ in pairs], [t for _, t in pairs]
+    ranks: list[int] = []
+    chunk = 1024
+    for start in range(0, len(histories), chunk):
+        part = histories[start : start + chunk]
+        signals = standardised_signals(rec.scores(part, item_vectors), local, part, weights.kappa)
+        fused = fuse(signals, weights.weights)
+        ranks += target_ranks(fused, targets[start : start + chunk], part)
+    return ranks
 
 
 def hybrid_split_ranks(
@@ -270,22 +311,5 @@ def hybrid_split_ranks(
     weights fitted on the validation split (never on ``split``'s targets when it is the test)."""
     if item_vectors is None:
         item_vectors = rec.encode_items(data.item_texts)
-    users = range(data.num_users)
-    val = [data.split(u, "validation") for u in users]
-    val_histories = [h for h, _ in val]
-    weights = fit_fusion(
-        rec.scores(val_histories[:FIT_USERS], item_vectors),
-        local,
-        val_histories,
-        [t for _, t in val],
-    )
-    pairs = [data.split(u, split) for u in users]
-    histories, targets = [h for h, _ in pairs], [t for _, t in pairs]
-    ranks: list[int] = []
-    chunk = 1024
-    for start in range(0, len(histories), chunk):
-        part = histories[start : start + chunk]
-        signals = standardised_signals(rec.scores(part, item_vectors), local, part, weights.kappa)
-        fused = fuse(signals, weights.weights)
-        ranks += target_ranks(fused, targets[start : start + chunk], part)
-    return ranks, weights
+    weights = fit_site_fusion(rec, data, local, item_vectors)
+    return fused_split_ranks(rec, data, local, item_vectors, weights, split), weights

@@ -15,14 +15,15 @@ import torch
 
 from clients.federation.evaluation import split_ranks
 from clients.scorer.collaborative import CollaborativeIndex
-from clients.scorer.fusion import hybrid_split_ranks, training_index
+from clients.scorer.fusion import fit_site_fusion, fused_split_ranks, training_index
 from clients.scorer.private_counts import CountPrivacy
 from shared.adapter import set_adapter_arrays
 from shared.config import FedxrecConfig, default_delta
 from shared.data import PlatformData
 from shared.metrics import ranking_metrics
 from shared.model import Recommender, pick_device, process_recommender
-from simulations.compare.data import platform_slices
+from simulations.compare.data import counted_before, new_item_cutoff, platform_slices
+from simulations.compare.records import SLICE_USERS
 from simulations.compare.tested import Tested
 
 Arrays = dict[str, np.ndarray]
@@ -40,7 +41,9 @@ class Evaluator:
         self.curve_users = {
             p.name: list(range(min(curve_users or p.num_users, p.num_users))) for p in platforms
         }
+        self.cutoffs = {p.name: new_item_cutoff(p) for p in platforms}
         self._local: dict[str, CollaborativeIndex] = {}
+        self._before: dict[str, CollaborativeIndex] = {}
 
     def model(self, arrays: Arrays) -> Recommender:
         rec = process_recommender(self.cfg.model, device=self.device)
@@ -64,8 +67,21 @@ class Evaluator:
             ranks = split_ranks(rec, data, "test", None, vectors)
             tested.add(data.name, ranks, self.slices[data.name])
             if hybrid:
-                ranks, weights = hybrid_split_ranks(rec, data, self.local(data), vectors)
-                tested.add_hybrid(data.name, ranks, self.slices[data.name], weights.to_dict())
+                weights = fit_site_fusion(rec, data, self.local(data), vectors)
+                ranks = fused_split_ranks(rec, data, self.local(data), vectors, weights)
+                # the new-item slice is ranked as on the cut-off day: the same fit, the counts
+                # of the interactions before it (the new items have none)
+                new_users = self.slices[data.name]["new_items"]
+                new_ranks = fused_split_ranks(
+                    rec, data, self.counted_before(data), vectors, weights, users=new_users
+                )
+                tested.add_hybrid(
+                    data.name,
+                    ranks,
+                    self.slices[data.name],
+                    weights.to_dict(),
+                    ranked_apart={"new_items": new_ranks},
+                )
         return tested
 
     def test_each(self, adapters: dict[str, Arrays], platforms: list[PlatformData], hybrid: bool):
@@ -79,16 +95,26 @@ class Evaluator:
         """The site's own collaborative index (training interactions; DP with
         privacy.local_epsilon): one draw of the noise per platform, fused by every method."""
         if data.name not in self._local:
-            privacy = self.cfg.privacy
-            counts = None
-            if privacy.local_epsilon:
-                counts = CountPrivacy(
-                    privacy.local_epsilon, default_delta(data.num_users), privacy.local_max_items
-                )
-            self._local[data.name] = training_index(data, counts, seed=0)
+            self._local[data.name] = training_index(data, self._count_privacy(data), seed=0)
         return self._local[data.name]
 
+    def counted_before(self, data: PlatformData) -> CollaborativeIndex:
+        """The site's index over its training interactions before the new-item cut-off."""
+        if data.name not in self._before:
+            cutoff = self.cutoffs[data.name]
+            sequences = counted_before(data, cutoff) if cutoff is not None else None
+            self._before[data.name] = training_index(
+                data, self._count_privacy(data), seed=0, sequences=sequences
+            )
+        return self._before[data.name]
+
+    def _count_privacy(self, data: PlatformData) -> CountPrivacy | None:
+        privacy = self.cfg.privacy
+        if not privacy.local_epsilon:
+            return None
+        return CountPrivacy(
+            privacy.local_epsilon, default_delta(data.num_users), privacy.local_max_items
+        )
+
     def slice_users(self) -> dict[str, dict[str, Any]]:
-        return {
-            n: {s: self.slices[n][s] for s in ("cold_users", "cold_items")} for n in self.slices
-        }
+        return {n: {s: self.slices[n][s] for s in SLICE_USERS} for n in self.slices}

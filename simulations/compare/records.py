@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 2
-SLICES = ("all", "cold_users", "cold_items")
+SLICES = ("all", "cold_users", "cold_items", "new_items")
+SLICE_USERS = SLICES[1:]  # the slices whose users results.json lists per platform
 LOCAL_SUFFIX = "+local"
 
 
@@ -115,7 +116,11 @@ class RunRecord:
         return cell.get("ndcg@10") if cell.get("users") else None
 
     def platform_mean(self, slice_name: str, metric: str) -> float | None:
-        values = [m[slice_name][metric] for m in self.test.values() if m[slice_name]["users"]]
+        values = [
+            m[slice_name][metric]
+            for m in self.test.values()
+            if m.get(slice_name, {}).get("users")  # results from before the slice have none
+        ]
         return math.fsum(values) / len(values) if values else None
 
     def to_json(self) -> dict[str, Any]:
@@ -206,7 +211,7 @@ class PlatformInfo:
     users: int
     items: int
     interactions: int
-    slices: dict[str, list[int]]  # cold_users, cold_items: their users
+    slices: dict[str, list[int]]  # cold_users, cold_items, new_items: their users
     curve_users: list[int]
 
 

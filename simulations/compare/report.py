@@ -58,7 +58,7 @@ def _slice_rows(results: ComparisonResults, slice_name: str) -> list[list[str]]:
     if slice_name == "all":
         counts = {n: results.platforms[n].users for n in names}
     else:
-        counts = {n: len(results.platforms[n].slices[slice_name]) for n in names}
+        counts = {n: len(results.platforms[n].slices.get(slice_name, [])) for n in names}
     rows = [["method", *[f"{n} ({counts[n]} users)" for n in names], "platform mean"]]
     for method, spec in METHODS.items():
         entry = results.summary.get(method)
@@ -151,6 +151,13 @@ def render_report(results: ComparisonResults, plots: dict[str, str]) -> str:
         format_table(_slice_rows(results, "cold_items"), markdown=True),
         "",
     ]
+    if "new_items" in results.slices:
+        lines += [
+            f"New items: {results.slices['new_items']}.",
+            "",
+            format_table(_slice_rows(results, "new_items"), markdown=True),
+            "",
+        ]
     unseen = results.unseen_platform
     if unseen:
         lines += [

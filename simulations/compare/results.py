@@ -23,9 +23,11 @@ from simulations.compare.plan import (
     COLD_ITEM_MAX_TRAINING,
     COLD_USER_MAX_INTERACTIONS,
     METHODS,
+    NEW_ITEM_SHARE,
     ComparePlan,
 )
 from simulations.compare.records import (
+    SLICE_USERS,
     SLICES,
     ComparisonResults,
     Method,
@@ -69,7 +71,7 @@ def summarize_runs(runs: list[RunRecord]) -> Summary:
         for name in names:
             platforms[name] = {}
             for s in SLICES:
-                cells = [r.test[name][s] for r in method_runs if name in r.test]
+                cells = [r.test[name][s] for r in method_runs if s in r.test.get(name, {})]
                 users = int(cells[0]["users"]) if cells else 0
                 metrics = {k: Stat.of([c[k] for c in cells]) for k in METRIC_NAMES} if users else {}
                 interval = user_interval(method_runs, name) if users and s == "all" else None
@@ -183,6 +185,10 @@ def build_results(exp: Experiment, *, complete: bool) -> ComparisonResults:
             "cold_users": f"users with ≤ {COLD_USER_MAX_INTERACTIONS} interactions on the platform",
             "cold_items": f"users whose test item has ≤ {COLD_ITEM_MAX_TRAINING} training "
             "interactions on the platform",
+            "new_items": f"users whose test item was first seen after the platform's cut-off "
+            f"(the newest {NEW_ITEM_SHARE:.0%} of its items appeared after it); the site's counts "
+            "hold only the interactions before it (the model trained on every training "
+            "sequence)",
         },
         curve_users=plan.curve_users,
         config=plan.cfg.to_flat(),
@@ -192,7 +198,7 @@ def build_results(exp: Experiment, *, complete: bool) -> ComparisonResults:
                 users=p.num_users,
                 items=len(p.items),
                 interactions=sum(len(s) for s in p.sequences),
-                slices={s: exp.slices[p.name][s] for s in ("cold_users", "cold_items")},
+                slices={s: exp.slices[p.name][s] for s in SLICE_USERS},
                 curve_users=exp.curve_users[p.name],
             )
             for p in exp.platforms

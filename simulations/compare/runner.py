@@ -19,7 +19,12 @@ from shared.adapter import initial_adapter
 from shared.config import FedxrecConfig
 from shared.data import PlatformData
 from simulations.baselines import BASELINES, Scorer, baseline_ranks
-from simulations.compare.data import pool_platforms, slice_metrics
+from simulations.compare.data import (
+    apart_metrics,
+    counted_before,
+    pool_platforms,
+    slice_metrics,
+)
 from simulations.compare.evaluation import Evaluator
 from simulations.compare.federations import Trained, train
 from simulations.compare.plan import (
@@ -170,6 +175,17 @@ class Experiment:
         for data in self.platforms:
             ranks[data.name] = baseline_ranks(scorer, data, "test")
             test[data.name] = slice_metrics(ranks[data.name], self.slices[data.name])
+            # the new-item slice: the statistics as they stood on the cut-off day
+            cutoff = self.evaluator.cutoffs[data.name]
+            if cutoff is not None:
+                apart = baseline_ranks(
+                    scorer,
+                    data,
+                    "test",
+                    self.slices[data.name]["new_items"],
+                    counted_before(data, cutoff),
+                )
+                test[data.name].update(apart_metrics({"new_items": apart}))
         self._record(self._run_record(name, None, None, start, test, ranks, rounds=[]))
 
     def _zero_shot(self) -> None:

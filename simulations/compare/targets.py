@@ -13,6 +13,8 @@ M = Method
 PRODUCT_MEAN_TARGET = 0.09
 HYBRID_OVER_ITEMKNN = 1.05
 MODEL_OVER_ITEMKNN = 0.9
+NEW_OVER_MODEL = 0.9  # the new-item slice: the final ranking against the model alone
+NEW_OVER_POPULARITY = 2.0  # and against Popularity (whose counts know no new item)
 
 
 def target_line(target: Target) -> str:
@@ -126,6 +128,19 @@ def hybrid_targets(summary: Summary, names: list[str], product: Method, eps: str
         f"{'0' if not knn_cold else f'{knn_cold:.4f}'} (platform mean NDCG@10)",
         None if cold is None or alone is None else cold >= alone and cold > 0,
         "no cold item" if cold is None or alone is None else f"{cold:.4f} vs {alone:.4f}",
+    )
+    new, model_new, pop_new = (
+        stat(summary, m, None, "new_items") for m in (hybrid, product, M.POPULARITY)
+    )
+    add(
+        f"new items: {label} ≥ {NEW_OVER_MODEL}× the model alone and ≥ {NEW_OVER_POPULARITY}× "
+        "Popularity (platform mean NDCG@10, counts from before the cut-off)",
+        None
+        if new is None or model_new is None or pop_new is None
+        else new >= NEW_OVER_MODEL * model_new and new >= NEW_OVER_POPULARITY * pop_new,
+        "no new item"
+        if new is None or model_new is None or pop_new is None
+        else f"{new:.4f} vs the model's {model_new:.4f} and Popularity's {pop_new:.4f}",
     )
     cold_users = stat(summary, hybrid, None, "cold_users")
     knn_users = stat(summary, M.ITEMKNN, None, "cold_users")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulations.compare.data import slice_metrics
+from simulations.compare.data import apart_metrics, slice_metrics
 from simulations.compare.records import RoundRecord
 
 ROUND_FIELDS = ("validation_ndcg", "epsilon", "noise_multiplier", "delta", "loss")
@@ -25,10 +25,18 @@ class Tested:
         self.ranks[name], self.test[name] = ranks, slice_metrics(ranks, slices)
 
     def add_hybrid(
-        self, name: str, ranks: list[int], slices: dict[str, list[int]], fusion: dict[str, Any]
+        self,
+        name: str,
+        ranks: list[int],
+        slices: dict[str, list[int]],
+        fusion: dict[str, Any],
+        ranked_apart: dict[str, list[int]] | None = None,
     ) -> None:
+        """``ranked_apart``: slices ranked otherwise than ``ranks`` (the new-item slice, with
+        the counts of its cut-off day), the ranks of their users in the slice's order."""
         self.hybrid_ranks[name] = ranks
         self.hybrid_test[name] = slice_metrics(ranks, slices)
+        self.hybrid_test[name].update(apart_metrics(ranked_apart or {}))
         self.fusion[name] = fusion
 
     def update(self, other: Tested) -> None:

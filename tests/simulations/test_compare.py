@@ -13,6 +13,7 @@ from simulations import compare
 from simulations.baselines import baseline_ranks, itemknn_scores, popularity_scores
 from simulations.cli import build_parser, main
 from simulations.compare import plan as compare_plan
+from simulations.compare.data import counted_before, new_item_cutoff
 from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import WORDS, make_tiny_recommender
 
@@ -85,7 +86,7 @@ def test_results_json_schema(tiny_compare):
     assert set(results["delta"]) == set(names)
     for name, platform in results["platforms"].items():
         assert results["delta"][name] == pytest.approx(default_delta(platform["users"]))
-        assert set(platform["slices"]) == {"cold_users", "cold_items"}
+        assert set(platform["slices"]) == {"cold_users", "cold_items", "new_items"}
     runs: dict[str, list] = {}
     for run in results["runs"]:
         runs.setdefault(run["method"], []).append(run)
@@ -95,7 +96,7 @@ def test_results_json_schema(tiny_compare):
         assert list(run["test"]) == evaluated
         for name in evaluated:
             cell = run["test"][name]
-            assert set(cell) == {"all", "cold_users", "cold_items"}
+            assert set(cell) == {"all", "cold_users", "cold_items", "new_items"}
             assert set(METRIC_NAMES) <= set(cell["all"])
             # every figure can be checked from the stored per-user ranks
             ranks = run["ranks"][name]
@@ -106,6 +107,12 @@ def test_results_json_schema(tiny_compare):
             if cold:
                 assert cell["cold_users"]["ndcg@10"] == pytest.approx(
                     ranking_metrics(cold)["ndcg@10"]
+                )
+            new = [ranks[u] for u in results["platforms"][name]["slices"]["new_items"]]
+            assert cell["new_items"]["users"] == len(new)
+            if new and run["method"] in ("federated_dp", "zero_shot"):  # the model: no counts
+                assert cell["new_items"]["ndcg@10"] == pytest.approx(
+                    ranking_metrics(new)["ndcg@10"]
                 )
     fed = runs["federated_dp"][0]
     assert [r["round"] for r in fed["rounds"]] == [0, 1]
@@ -125,7 +132,7 @@ def test_results_json_schema(tiny_compare):
     assert {"federated_unseen", "zero_shot", "local_only"} <= set(
         results["unseen_platform"]["methods"]
     )
-    assert len(results["targets"]) == 15  # 6 of the model, 5 of the final ranking, 4 "alone"
+    assert len(results["targets"]) == 16  # 6 of the model, 6 of the final ranking, 4 "alone"
     for run in runs["federated_dp_personalized+local"]:
         for fit in run["fusion"].values():  # weights on the simplex, fitted on validation
             assert sum(fit["weights"].values()) == pytest.approx(1.0)
@@ -144,6 +151,18 @@ def test_baselines_in_results_are_the_baseline_functions(tiny_compare):
         popularity_scores, data, "test"
     )
     assert by_method["itemknn"]["ranks"]["beta"] == baseline_ranks(itemknn_scores, data, "test")
+    # the new-item slice: Popularity's counts as they stood on the cut-off day
+    new_users = results["platforms"]["beta"]["slices"]["new_items"]
+    assert new_users  # the fixture's timestamps leave new items on every platform
+    ranks = baseline_ranks(
+        popularity_scores,
+        data,
+        "test",
+        new_users,
+        counted_before(data, new_item_cutoff(data)),
+    )
+    new_cell = by_method["popularity"]["test"]["beta"]["new_items"]
+    assert new_cell["ndcg@10"] == pytest.approx(ranking_metrics(ranks)["ndcg@10"])
 
 
 def test_zero_shot_in_results_is_the_untuned_encoders_ranking(tiny_compare, tiny_vocab):

@@ -7,12 +7,18 @@
   head, Opacus' hooks per encoder row for the LoRA).
 
 Run: ``python -m simulations.bench.training [--steps N] [--batch-size B] [--device auto|cpu|cuda]``.
-DP and non-private steps alternate, so machine noise hits both alike.
+DP and non-private steps alternate, so machine noise hits both alike. What it prints is also
+written as JSON (``--json``, default docs/results/bench/training.json): ``head_dp_ratio`` and
+``lora_dp_ratio`` with the users/s behind them, the machine and the date.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
 import random
 import tempfile
 import time
@@ -124,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--encoder", default="", help="encoder folder (default: the installed MiniLM)"
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("docs/results/bench/training.json"),
+        help="where to write the figures as JSON (default docs/results/bench/training.json)",
+    )
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     upload, file_bytes, encoder = measure_sizes(args.encoder)
@@ -133,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         f"encoder {encoder:,} bytes"
     )
     print(f"adapter upload / full encoder = {upload / encoder:.4%}  (target <= 1%)")
+    out: dict[str, object] = {
+        "date": datetime.date.today().isoformat(),
+        "device": str(device),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "batch_size": args.batch_size,
+        "upload_bytes": upload,
+        "encoder_bytes": encoder,
+        "upload_ratio": upload / encoder,
+    }
     for lora, label, steps in ((False, "head step", args.steps), (True, "LoRA step", 2)):
         dp, plain = measure_throughput(
             steps, args.batch_size, device, lora=lora, repeats=args.repeats, encoder=args.encoder
@@ -141,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{label}: DP {dp:.1f} users/s, non-private {plain:.1f} users/s "
             f"(batch {args.batch_size}); DP / non-private = {dp / plain:.3f}"
         )
+        kind = "lora" if lora else "head"
+        out |= {f"{kind}_dp_users_s": dp, f"{kind}_plain_users_s": plain}
+        out[f"{kind}_dp_ratio"] = dp / plain
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"written: {args.json}")
     return 0
 
 

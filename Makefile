@@ -6,6 +6,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
+# Two test processes, a file each at a time: the Flower scenarios spend much of their time waiting
+# on polls and process starts, so a second worker fills the cores (PYTEST_WORKERS= runs serially)
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 # The demo: three sites of their own MovieLens-100K users (400/200/100, disjoint, each its own 60 %
 # of the films under its own IDs), federated, then each site again alone, so the table shows what
 # joining gives each site. Sized for <= 5 minutes on 2 CPU cores: head only (the LoRA step measured
@@ -32,7 +35,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check --fix .

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 HEAD_FORMAT = "fedxrec-sequence-head-1"
-POOL_ELEMENTS = 1 << 24  # users × table rows pooled at once outside training (64 MiB of float32)
+POOL_ELEMENTS = 1 << 24  # history vectors' elements pooled at once outside training (64 MiB)
 
 
 class SequenceHead(nn.Module):
@@ -72,7 +72,8 @@ class SequenceHead(nn.Module):
         fresh_slot: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Steps 1–2: the attention-pooled history ``h`` [U, dim]."""
-        item_attention = (table @ self.attention)[rows]
+        history = table[rows]  # [U, N, dim]: only the rows read (a catalogue may be millions)
+        item_attention = history @ self.attention
         taken = None
         if fresh is not None and fresh_slot is not None:
             taken = fresh_slot >= 0
@@ -82,8 +83,7 @@ class SequenceHead(nn.Module):
         # A large finite negative, not -inf: an empty history then has zero weights, not NaN.
         weights = torch.softmax(logits.masked_fill(~mask, -1e9), dim=-1) * mask
         from_table = weights if taken is None else weights.masked_fill(taken, 0.0)
-        spread = weights.new_zeros(rows.shape[0], table.shape[0])
-        pooled = spread.scatter_add(-1, rows, from_table) @ table
+        pooled = (from_table.unsqueeze(-1) * history).sum(1)
         if taken is not None:
             per_slot = weights.new_zeros(rows.shape[0], fresh.shape[0])
             per_slot = per_slot.scatter_add(-1, fresh_slot.clamp(min=0), weights * taken)
@@ -118,7 +118,7 @@ def user_vectors(
     head: SequenceHead, table: torch.Tensor, histories: Sequence[Sequence[int]]
 ) -> torch.Tensor:
     """User vectors [users, dim] for histories given as rows of ``table`` (oldest first)."""
-    chunk = max(1, POOL_ELEMENTS // max(table.shape[0], 1))
+    chunk = max(1, POOL_ELEMENTS // (head.history_items * head.dim))
     out = [
         head(table, *window_tensors(histories[s : s + chunk], head.history_items, table.device))
         for s in range(0, len(histories), chunk)

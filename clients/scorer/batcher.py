@@ -104,6 +104,7 @@ def _rank_batch(batch: list[_Pending]) -> list[list[Recommendation] | BaseExcept
                 snapshot.index,
                 [batch[p].query for p in positions],
                 local=snapshot.local,
+                candidates=snapshot.candidates,
             )
         except Exception:
             # One bad request must not fail the others batched with it: rank them one by one,
@@ -120,7 +121,13 @@ def _rank_batch(batch: list[_Pending]) -> list[list[Recommendation] | BaseExcept
 
 def _rank_one(snapshot: SiteScorer, query: Query) -> list[Recommendation] | BaseException:
     try:
-        return recommend(snapshot.model.rec, snapshot.index, [query], local=snapshot.local)[0]
+        return recommend(
+            snapshot.model.rec,
+            snapshot.index,
+            [query],
+            local=snapshot.local,
+            candidates=snapshot.candidates,
+        )[0]
     except Exception as err:
         log.exception("ranking failed")
         return err

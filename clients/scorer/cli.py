@@ -16,7 +16,12 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clients.scorer.defaults import DEFAULT_MAX_ITEMS, PRECISIONS
+from clients.scorer.defaults import (
+    CANDIDATE_KINDS,
+    DEFAULT_MAX_ITEMS,
+    FULL_MAX_ITEMS,
+    PRECISIONS,
+)
 from shared.cli import run_command
 
 if TYPE_CHECKING:
@@ -163,6 +168,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "(another release: the ε of all releases is reported)",
     )
     parser.add_argument(
+        "--candidates",
+        choices=CANDIDATE_KINDS,
+        default="auto",
+        help="full = score the whole catalogue per request (exact); hnsw / flat = two-stage: "
+        "the nearest items to the user in a FAISS index (hnsw: approximate, for millions of "
+        "items; flat: exact), the history's ItemKNN neighbours and the site's popular items, "
+        "then the fused score on those only; auto (default) = full up to "
+        f"{FULL_MAX_ITEMS:,} items, hnsw beyond. The index is cached beside the item vectors",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -205,6 +220,7 @@ def _load(args: argparse.Namespace, *, progress: bool) -> SiteScorer:
         )
         if args.local_epsilon
         else None,
+        candidates=args.candidates,
     )
     if progress:
         print(f"fedxrec {args.command}: {scorer.cache_summary()}", file=sys.stderr, flush=True)
@@ -253,7 +269,9 @@ def run_rank(args: argparse.Namespace) -> int:
     ranked: list[list[Recommendation]] = []
     for start in range(0, len(users), USERS_PER_BATCH):
         part = [q for _, q in users[start : start + USERS_PER_BATCH]]
-        ranked += recommend(scorer.model.rec, index, part, local=scorer.local)
+        ranked += recommend(
+            scorer.model.rec, index, part, local=scorer.local, candidates=scorer.candidates
+        )
     if args.format == "json":
         print(json.dumps(_as_json(scorer, users, ranked), indent=2))
     else:

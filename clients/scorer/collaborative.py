@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "fedxrec-collaborative-1"
 NEIGHBOURS = 200  # ItemKNN keeps each item's most similar items; enough for any top-K we serve
+# ...up to this many in all (200 per item up to 100k items; 20 per item at a million: 240 MB)
+NEIGHBOUR_ENTRIES = 20_000_000
+MIN_NEIGHBOURS = 20
 EASE_MAX_ITEMS = 20_000  # above this the [items, items] inverse is too large for one site's RAM
 EASE_REGULARISATION = 250.0
 # With DP counts (noise std σ): ItemKNN keeps co-occurrences ≥ 3σ, EASE's λ is at least 50σ
@@ -68,8 +71,13 @@ class CollaborativeIndex:
     def signals(self) -> tuple[str, ...]:
         return tuple(s for s in SIGNALS if s != "ease" or self.ease is not None)
 
-    def scores(self, histories: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """[users, items] scores of each signal for histories given as catalogue rows."""
+    def scores(
+        self, histories: Sequence[Sequence[int]], columns: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """[users, items] scores of each signal for histories given as catalogue rows; with
+        ``columns`` (catalogue rows) [users, len(columns)], 0 for rows past these counts."""
+        if columns is not None:
+            return self._scores_at(histories, columns)
         users = len(histories)
         knn = torch.zeros(users, self.items)
         for u, history in enumerate(histories):
@@ -83,6 +91,34 @@ class CollaborativeIndex:
         if self.ease is not None:
             out["ease"] = history_matrix(histories, self.items) @ self.ease
         return out
+
+    def _scores_at(
+        self, histories: Sequence[Sequence[int]], columns: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``scores`` at the catalogue rows ``columns`` only: what a candidate set costs."""
+        users = len(histories)
+        if not self.items:
+            return {name: torch.zeros(users, len(columns)) for name in self.signals}
+        inside, at = columns < self.items, columns.clamp(max=self.items - 1)
+        knn = torch.zeros(users, len(columns))
+        ease = torch.zeros(users, len(columns)) if self.ease is not None else None
+        order = torch.argsort(columns)
+        ordered = columns[order]
+        for u, history in enumerate(histories):
+            if not history:
+                continue
+            rows = torch.as_tensor(list(history), dtype=torch.long)
+            neighbours, sims = self.neighbours[rows].flatten(), self.similarity[rows].flatten()
+            found = torch.searchsorted(ordered, neighbours).clamp(max=len(columns) - 1)
+            keep = (neighbours >= 0) & (ordered[found] == neighbours)
+            knn[u].index_add_(0, order[found[keep]], sims[keep])
+            if ease is not None:
+                ease[u] = self.ease[rows.unique()][:, at].sum(0)
+        popularity = self.popularity[at].expand(users, -1)
+        out = {"itemknn": knn, "popularity": popularity}
+        if ease is not None:
+            out["ease"] = ease
+        return {name: torch.where(inside, values, torch.zeros(())) for name, values in out.items()}
 
     # -- the site's disk ------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -208,7 +244,7 @@ def build_collaborative_index(
     data: PlatformData,
     sequences: Sequence[Sequence[int]],
     *,
-    neighbours: int = NEIGHBOURS,
+    neighbours: int | None = None,
     ease_max_items: int = EASE_MAX_ITEMS,
     privacy: CountPrivacy | None = None,
     seed: int | None = None,
@@ -220,6 +256,8 @@ def build_collaborative_index(
     ``seed`` fixes the noise for tests only (a real release must not be reproducible).
     """
     items = len(data.items)
+    if neighbours is None:
+        neighbours = neighbours_kept(items)
     fingerprint = index_fingerprint(sequences, data, privacy)
     if privacy is not None:
         return _private_index(
@@ -238,6 +276,12 @@ def build_collaborative_index(
         fingerprint=fingerprint,
         catalogue=catalogue_ids(data.items),
     )
+
+
+def neighbours_kept(items: int) -> int:
+    """ItemKNN neighbours kept per item: NEIGHBOURS, fewer where the catalogue is so large that
+    they would outgrow NEIGHBOUR_ENTRIES (the index stays linear in the catalogue)."""
+    return max(MIN_NEIGHBOURS, min(NEIGHBOURS, NEIGHBOUR_ENTRIES // max(items, 1)))
 
 
 def _private_index(

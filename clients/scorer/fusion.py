@@ -91,23 +91,45 @@ def standardised_signals(
     local: CollaborativeIndex,
     histories: Sequence[Sequence[int]],
     kappa: float = 0.0,
+    columns: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """z-scores of the model and of each local signal, unknown items and users falling back to
     the model's z-score. With ``kappa`` > 0 a signal's z-score for an item with n interactions
     is blended with the model's as n / (n + kappa): the fewer interactions the site has seen,
-    the more the model ranks the item."""
-    items = model_scores.shape[1]  # the catalogue may have grown since the counts were built
-    excluded = exclusion_mask(histories, items)
+    the more the model ranks the item.
+
+    With ``columns`` (catalogue rows; ``model_scores`` is then [users, len(columns)]) every
+    signal is taken at those rows only and standardised over them: the two-stage ranking's
+    candidates (clients/scorer/candidates.py), equal to the full ranking's when they are every
+    row."""
+    width = model_scores.shape[1]  # the catalogue may have grown since the counts were built
+    if columns is None:
+        excluded = exclusion_mask(histories, width)
+    else:
+        excluded = torch.stack(
+            [torch.isin(columns, torch.as_tensor(list(h), dtype=torch.long)) for h in histories]
+        )
     model_z = standardise(model_scores.float().cpu(), excluded)
-    counts = _padded(local.counts.float().clamp(min=0.0), items)
+    all_counts = local.counts.float().clamp(min=0.0)
+    counts = _padded(all_counts, width) if columns is None else _at(all_counts, columns)
     evidence = counts / (counts + kappa) if kappa > 0 else (counts > 0).float()
-    known_user = (excluded & (counts > 0).unsqueeze(0)).any(1, keepdim=True)
+    local_histories = [[r for r in h if r < local.items] for h in histories]
+    known_user = torch.tensor(
+        [[bool(h) and bool((all_counts[h] > 0).any())] for h in local_histories]
+    )
     say = evidence.unsqueeze(0) * known_user.float()  # [users, items]: the signal's share
     out = {"model": model_z}
-    local_histories = [[r for r in h if r < local.items] for h in histories]
-    for name, scores in local.scores(local_histories).items():
-        out[name] = say * standardise(_padded(scores, items), excluded) + (1.0 - say) * model_z
+    for name, scores in local.scores(local_histories, columns).items():
+        scores = _padded(scores, width) if columns is None else scores
+        out[name] = say * standardise(scores, excluded) + (1.0 - say) * model_z
     return out
+
+
+def _at(values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``values`` [n] at catalogue rows ``columns``, 0 past n (items added since)."""
+    if not len(values):
+        return torch.zeros(len(columns))
+    return torch.where(columns < len(values), values[columns.clamp(max=len(values) - 1)], 0.0)
 
 
 def _padded(values: torch.Tensor, items: int) -> torch.Tensor:
@@ -213,14 +235,19 @@ def fit_fusion(
 
 
 def new_user_scores(
-    prior_scores: torch.Tensor, local: CollaborativeIndex, model_weight: float
+    prior_scores: torch.Tensor,
+    local: CollaborativeIndex,
+    model_weight: float,
+    columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[items] scores for a user the site knows nothing of: the model's prior (its score for an
-    empty history) and the site's recency-weighted popularity, standardised, mixed."""
+    empty history) and the site's recency-weighted popularity, standardised, mixed (over the
+    catalogue rows ``columns`` only, when given: ``prior_scores`` are theirs)."""
     items = prior_scores.shape[-1]
     nothing = torch.zeros(1, items, dtype=torch.bool)
     prior_z = standardise(prior_scores.float().cpu().reshape(1, -1), nothing)[0]
-    popularity = _padded(local.popularity.float(), items)
+    popularity = local.popularity.float()
+    popularity = _padded(popularity, items) if columns is None else _at(popularity, columns)
     popularity_z = standardise(popularity.reshape(1, -1), nothing)[0]
     return model_weight * prior_z + (1.0 - model_weight) * popularity_z
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from clients.scorer.candidates import CandidateIndex, build_candidate_index
 from clients.scorer.catalogue_changes import replay_catalogue
 from clients.scorer.count_releases import CountReleases
 from clients.scorer.defaults import DEFAULT_MAX_ITEMS, PRECISIONS
@@ -199,6 +200,7 @@ class SiteScorer:
     index: ItemIndex
     items_file: Path
     local: LocalSignals | None = None  # None: text-only ranking (the model alone)
+    candidates: CandidateIndex | None = None  # None: every request ranks the whole catalogue
     cache_dir: Path | None = None  # where its item vectors and local signals are cached
     model_check: dict[str, float] = field(default_factory=dict)  # the probe it passed on load
     loaded_at: float = field(default_factory=time.time)
@@ -246,6 +248,7 @@ class SiteScorer:
             "ranking": "hybrid" if self.local else "text-only",
             "model_check": self.model_check,
             "fusion": self.local.describe() if self.local else None,
+            "candidates": self.candidates.describe() if self.candidates else "full ranking",
             "loaded_at": self.loaded_at,
         }
 
@@ -268,11 +271,13 @@ def load_site_scorer(
     local_epsilon: float = 0.0,
     local_max_items: int = DEFAULT_MAX_ITEMS,
     count_releases: CountReleases | None = None,
+    candidates: str = "auto",
 ) -> SiteScorer:
     """Read the catalogue, load the model and index the catalogue (from the cache when it can);
     with the site's interactions (``interactions``, or the file beside ``items_file``), fit the
     hybrid ranking unless ``text_only``; ``local_epsilon`` > 0 makes the site's counts user-level
-    DP (clients/scorer/private_counts.py).
+    DP (clients/scorer/private_counts.py). ``candidates`` picks full ranking or the two-stage
+    ranking's index (clients/scorer/candidates.py: ``auto`` by catalogue size).
 
     ``cache_dir=None`` uses the default cache folder of ``items_file``; pass ``""`` for no cache.
     """
@@ -312,11 +317,15 @@ def load_site_scorer(
             count_releases=count_releases,
             removed_items=removed,
         )
+    candidate_index = build_candidate_index(
+        index, local.index if local else None, requested=candidates, cache_dir=cache
+    )
     return SiteScorer(
         model=model,
         index=index,
         items_file=items_file,
         local=local,
+        candidates=candidate_index,
         cache_dir=cache,
         model_check=model_check,
     )

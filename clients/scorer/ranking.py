@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from clients.scorer.candidates import MODEL_CANDIDATES, CandidateIndex, candidate_rows
 from clients.scorer.fusion import fuse, new_user_scores, standardised_signals
 from clients.scorer.item_index import ItemIndex
 from clients.scorer.local_signals import LocalSignals
@@ -157,6 +158,7 @@ def recommend(
     queries: Sequence[Query],
     *,
     local: LocalSignals | None = None,
+    candidates: CandidateIndex | None = None,
     explain_top: int = EXPLAIN_TOP,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> list[list[Recommendation]]:
@@ -164,6 +166,7 @@ def recommend(
 
     With ``local`` (the site's own signals), the score is the fused one (clients/scorer/fusion.py): the
     model's score and the site's collaborative signals, standardised per user and weighted.
+    With ``candidates`` only each request's candidates are scored (clients/scorer/candidates.py).
     """
     if not queries:
         return []
@@ -179,7 +182,9 @@ def recommend(
     retired = tuple(index.retired)  # removed while serving: never ranked
     exclude = [(q.history_rows if q.exclude_seen else ()) + retired for q in queries]
     k_max = max(q.k for q in queries)
-    if local is None:
+    if candidates is not None:
+        scores, rows = _two_stage(index, queries, user_vectors, exclude, k_max, local, candidates)
+    elif local is None:
         scores, rows = top_k(user_vectors, index.vectors, k_max, exclude, chunk_rows)
     else:
         histories = [list(q.history_rows) for q in queries]
@@ -207,6 +212,45 @@ def recommend(
         kept = kept[: q.k]
         results.append(_explained(index, kept, labels, vectors, explain_top))
     return results
+
+
+def _two_stage(
+    index: ItemIndex,
+    queries: Sequence[Query],
+    user_vectors: torch.Tensor,
+    exclude: Sequence[Sequence[int]],
+    k_max: int,
+    local: LocalSignals | None,
+    candidates: CandidateIndex,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, rows) [users, k_max] from each request's candidates alone (-inf: no more)."""
+    counts = local.index if local is not None else None
+    nearest = candidates.nearest(user_vectors, MODEL_CANDIDATES + max(map(len, exclude)))
+    out_scores = torch.full((len(queries), k_max), float("-inf"))
+    out_rows = torch.zeros(len(queries), k_max, dtype=torch.long)
+    for row, q in enumerate(queries):
+        columns = candidate_rows(
+            candidates, nearest[row], q.history_rows, len(index.items), counts, set(exclude[row])
+        )
+        if not len(columns):
+            continue
+        vectors = index.vectors[columns.to(index.vectors.device)]
+        model_scores = (user_vectors[row : row + 1] @ vectors.T).float().cpu()
+        if local is None:
+            scores = model_scores[0]
+        elif q.new_user:
+            scores = new_user_scores(
+                model_scores[0], local.index, local.fusion.new_user_model, columns
+            )
+        else:
+            signals = standardised_signals(
+                model_scores, local.index, [q.history_rows], local.fusion.kappa, columns
+            )
+            scores = fuse(signals, local.fusion.weights)[0]
+        best, at = scores.topk(min(k_max, len(columns)))
+        out_scores[row, : len(best)] = best
+        out_rows[row, : len(best)] = columns[at]
+    return out_scores, out_rows
 
 
 def _evidence(

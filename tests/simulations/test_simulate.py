@@ -3,6 +3,7 @@ integration; and it never loses a run: everything is checked before anything is 
 
 import json
 import shutil
+import uuid
 
 import numpy as np
 import pytest
@@ -15,13 +16,38 @@ from shared.data import DataError, load_platform
 from shared.model import TextEncoder, build_recommender, load_base_encoder
 from simulations.cli import main
 from simulations.data.partition import prepare_platforms
+from simulations.launch import superlink
 from simulations.launch.processes import TAG_VARIABLE
 
 
 @pytest.fixture(scope="module")
-def simulation(tmp_path_factory):
+def simulation_run(tmp_path_factory):
+    """The run's folder and the tags of the processes it started (another test may run its
+    own federation beside it, with processes of other tags)."""
     out = tmp_path_factory.mktemp("sim")
-    code = main(
+    tags = []
+    real = uuid.uuid4
+
+    def recorded():
+        value = real()
+        tags.append(value.hex)
+        return value
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(superlink.uuid, "uuid4", recorded)
+        code = _simulate(out)
+    assert code == 0
+    assert tags  # the launcher tagged what it started
+    return out, tags
+
+
+@pytest.fixture(scope="module")
+def simulation(simulation_run):
+    return simulation_run[0]
+
+
+def _simulate(out):
+    return main(
         [
             "simulate", "--out", str(out), "--rounds", "2", "--max-users", "12",
             "--platforms", "action,comedy", "--epsilon", "8",
@@ -29,8 +55,6 @@ def simulation(tmp_path_factory):
             "--set", "train.lora_items=1", "--set", "train.personalize_steps=2",
         ]
     )  # fmt: skip
-    assert code == 0
-    return out
 
 
 @pytest.mark.integration
@@ -87,18 +111,19 @@ def test_global_adapter_changed_and_loads_with_peft(simulation):
 
 
 @pytest.mark.integration
-def test_no_process_left_behind(simulation):
+def test_no_process_left_behind(simulation_run):
     import os
     from pathlib import Path
 
-    needle = TAG_VARIABLE.encode()
+    needles = {f"{TAG_VARIABLE}={tag}".encode() for tag in simulation_run[1]}
     left = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if needle in Path(f"/proc/{pid}/environ").read_bytes():
-                left.append(pid)
+            environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
         except OSError:
-            pass
+            continue
+        if environ & needles:
+            left.append(pid)
     assert left == []
 
 

@@ -156,6 +156,7 @@ def measure(folder: Path, kind: str, seconds: float, device: str) -> dict[str, A
         "index": kind,
         "device": device,
         "build_s": round(build_s, 2),
+        "ef_search": int(candidates.index.hnsw.efSearch) if kind == "hnsw" else None,
         "rss_mb": round(_rss_mb()),
         "recall@10": _recall(rec, index, candidates, counts, queries) if candidates else 1.0,
     }

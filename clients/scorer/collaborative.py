@@ -114,11 +114,10 @@ class CollaborativeIndex:
             knn[u].index_add_(0, order[found[keep]], sims[keep])
             if ease is not None:
                 ease[u] = self.ease[rows.unique()][:, at].sum(0)
-        popularity = self.popularity[at].expand(users, -1)
-        out = {"itemknn": knn, "popularity": popularity}
+        out = {"itemknn": knn, "popularity": at_rows(self.popularity, columns).expand(users, -1)}
         if ease is not None:
-            out["ease"] = ease
-        return {name: torch.where(inside, values, torch.zeros(())) for name, values in out.items()}
+            out["ease"] = torch.where(inside, ease, torch.zeros(()))
+        return out
 
     # -- the site's disk ------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -201,6 +200,14 @@ class CollaborativeIndex:
                 )
         if items and not -1 <= int(self.neighbours.min()) <= int(self.neighbours.max()) < items:
             raise ValueError("neighbours name rows outside the catalogue")
+
+
+def at_rows(values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``values`` [n] at catalogue rows ``columns``, 0 past n (items added since it was built)."""
+    if not len(values):
+        return torch.zeros(len(columns))
+    inside = columns < len(values)
+    return torch.where(inside, values[columns.clamp(max=len(values) - 1)], torch.zeros(()))
 
 
 def history_matrix(histories: Sequence[Sequence[int]], items: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clients.scorer.collaborative import CollaborativeIndex, build_collaborative_index
+from clients.scorer.collaborative import CollaborativeIndex, at_rows, build_collaborative_index
 from clients.scorer.private_counts import CountPrivacy
 from shared.data import PlatformData
 from shared.metrics import paired_gain, ranking_metrics, target_ranks, user_ndcg
@@ -111,25 +111,21 @@ def standardised_signals(
         )
     model_z = standardise(model_scores.float().cpu(), excluded)
     all_counts = local.counts.float().clamp(min=0.0)
-    counts = _padded(all_counts, width) if columns is None else _at(all_counts, columns)
+    counts = _padded(all_counts, width) if columns is None else at_rows(all_counts, columns)
     evidence = counts / (counts + kappa) if kappa > 0 else (counts > 0).float()
     local_histories = [[r for r in h if r < local.items] for h in histories]
-    known_user = torch.tensor(
-        [[bool(h) and bool((all_counts[h] > 0).any())] for h in local_histories]
-    )
+    # a user the counts know something of: a history item with an interaction on the site
+    if columns is None:
+        known_user = (excluded & (counts > 0).unsqueeze(0)).any(1, keepdim=True)
+    else:
+        history = exclusion_mask(local_histories, local.items)
+        known_user = (history & (all_counts > 0).unsqueeze(0)).any(1, keepdim=True)
     say = evidence.unsqueeze(0) * known_user.float()  # [users, items]: the signal's share
     out = {"model": model_z}
     for name, scores in local.scores(local_histories, columns).items():
         scores = _padded(scores, width) if columns is None else scores
         out[name] = say * standardise(scores, excluded) + (1.0 - say) * model_z
     return out
-
-
-def _at(values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """``values`` [n] at catalogue rows ``columns``, 0 past n (items added since)."""
-    if not len(values):
-        return torch.zeros(len(columns))
-    return torch.where(columns < len(values), values[columns.clamp(max=len(values) - 1)], 0.0)
 
 
 def _padded(values: torch.Tensor, items: int) -> torch.Tensor:
@@ -247,7 +243,7 @@ def new_user_scores(
     nothing = torch.zeros(1, items, dtype=torch.bool)
     prior_z = standardise(prior_scores.float().cpu().reshape(1, -1), nothing)[0]
     popularity = local.popularity.float()
-    popularity = _padded(popularity, items) if columns is None else _at(popularity, columns)
+    popularity = _padded(popularity, items) if columns is None else at_rows(popularity, columns)
     popularity_z = standardise(popularity.reshape(1, -1), nothing)[0]
     return model_weight * prior_z + (1.0 - model_weight) * popularity_z
 

@@ -155,6 +155,7 @@ def measure(folder: Path, kind: str, seconds: float, device: str) -> dict[str, A
         "items": len(items),
         "index": kind,
         "device": device,
+        "date": date.today().isoformat(),
         "build_s": round(build_s, 2),
         "ef_search": int(candidates.index.hnsw.efSearch) if kind == "hnsw" else None,
         "rss_mb": round(_rss_mb()),
@@ -290,6 +291,26 @@ def kinds_for(items: int) -> list[str]:
     return kinds + ["flat", "hnsw"]
 
 
+def _merged(
+    previous: dict[str, Any], rows: list[dict[str, Any]], sites: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The previous run's rows and sites with those of this run's (size, ranking) replaced; a
+    kept row keeps the date it was measured on."""
+    measured = {(r["items"], r["index"]) for r in rows}
+    kept = [
+        {**r, "date": r.get("date", previous.get("date"))}
+        for r in previous.get("rows", [])
+        if (r["items"], r["index"]) not in measured
+    ]
+    order = {kind: n for n, kind in enumerate(("full", "flat", "hnsw"))}
+    merged = sorted(kept + rows, key=lambda r: (r["items"], order.get(r["index"], 9), r["clients"]))
+    sizes = {s["items"] for s in sites}
+    return merged, sorted(
+        [s for s in previous.get("sites", []) if s["items"] not in sizes] + sites,
+        key=lambda s: s["items"],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m simulations.bench.scale", description=__doc__.split("\n\n")[0]
@@ -297,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="catalogue sizes")
     parser.add_argument("--seconds", type=float, default=8.0, help="per latency run (default 8)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--kinds", default="", help="only these rankings (full,flat,hnsw)")
+    parser.add_argument(
+        "--kinds",
+        default="",
+        help="only these rankings (full,flat,hnsw); their rows replace the same size's in --json",
+    )
     parser.add_argument("--json", type=Path, default=Path("docs/results/bench/scale.json"))
     parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -346,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"build {row['build_s']:6.1f} s  rss {row['rss_mb']:6.0f} MB",
                         flush=True,
                     )
+    if args.kinds and args.json.is_file():  # a partial run updates its rows of the last one
+        rows, sites = _merged(json.loads(args.json.read_text(encoding="utf-8")), rows, sites)
     out = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.device}",

@@ -5,7 +5,7 @@ import torch
 
 from clients.scorer.item_index import UnknownItemError
 from clients.scorer.model import load_site_scorer
-from clients.scorer.ranking import Query, query_for_ids, recommend, top_k
+from clients.scorer.ranking import Query, dot_scores, query_for_ids, recommend, top_k
 from shared.adapter import get_adapter_arrays, save_adapter
 from shared.config import ModelConfig
 from shared.model import build_recommender
@@ -119,6 +119,22 @@ def test_chunked_search_equals_full_sort_with_exclusions():
     ref_scores, ref_rows = full.topk(10, dim=1)
     torch.testing.assert_close(scores, ref_scores)
     assert torch.equal(rows, ref_rows)
+
+
+def test_one_user_on_the_cpu_is_searched_as_several_are():
+    # one user takes numpy's matrix-vector product; the result must be torch's, row for row
+    gen = torch.Generator().manual_seed(1)
+    items = torch.nn.functional.normalize(torch.randn(3000, 32, generator=gen), dim=1)
+    users = torch.nn.functional.normalize(torch.randn(4, 32, generator=gen), dim=1)
+    for u in range(len(users)):
+        one = dot_scores(users[u : u + 1], items)
+        assert one.shape == (1, 3000) and one.dtype == torch.float32
+        torch.testing.assert_close(one, users[u : u + 1] @ items.T)
+        banned = [[7, int(one.argmax())]]
+        scores, rows = top_k(users[u : u + 1], items, 10, banned, chunk_rows=1000)
+        batch_scores, batch_rows = top_k(users, items, 10, banned * 4, chunk_rows=1000)
+        assert torch.equal(rows[0], batch_rows[u]) and int(one.argmax()) not in rows[0]
+        torch.testing.assert_close(scores[0], batch_scores[u])
 
 
 def test_unknown_ids_are_left_out_and_named_and_nothing_known_is_a_new_user(scorer):

@@ -68,10 +68,11 @@ def itemknn_scores(
 def ease_scores(
     data: PlatformData, split: str, users: list[int], counted: Counted = None
 ) -> torch.Tensor:
-    """EASE (Steck 2019), closed form over the training sequences."""
+    """EASE (Steck 2019), closed form over the training sequences (above 20k items over the
+    platform's most-interacted items only: clients/scorer/ease.py)."""
     index = local_index(data, counted)
     if index.ease is None:
-        raise ValueError(f"platform '{data.name}' is too large for EASE ({len(data.items)} items)")
+        raise ValueError(f"platform '{data.name}' has no items for EASE")
     return index.scores(_histories(data, split, users))["ease"]
 
 

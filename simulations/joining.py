@@ -44,7 +44,7 @@ class SiteGain:
     site: str
     users: int
     popularity: float | None
-    ease: float | None  # None: too many items for EASE
+    ease: float | None  # None: the comparison has no EASE figure for the site
     alone: float
     joined: float
     alone_final: float

@@ -1,6 +1,7 @@
 """A site's own collaborative signals, from its own interactions: item–item co-occurrence
-(ItemKNN, cosine, top-k neighbours), recency-weighted popularity, and EASE (closed form) for
-catalogues small enough to invert.
+(ItemKNN, cosine, top-k neighbours), recency-weighted popularity, and EASE (closed form,
+clients/scorer/ease.py): over the whole catalogue up to 20k items, over the site's most-interacted
+items above that.
 
 They are built on the site, kept on the site's disk (safetensors, keyed by a hash of the
 interactions they count, and checked against the catalogue they were built over: rebuilt when
@@ -27,6 +28,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from clients.scorer.ease import (
+    EASE_LARGE_ITEMS,
+    EASE_MAX_ITEMS,
+    EASE_REGULARISATION,
+    build_ease,
+    ease_scores,
+    ease_scores_at,
+    ease_weights,
+)
 from clients.scorer.private_counts import (
     CountPrivacy,
     nearest_psd,
@@ -43,8 +53,6 @@ NEIGHBOURS = 200  # ItemKNN keeps each item's most similar items; enough for any
 # ...up to this many in all (200 per item up to 100k items; 20 per item at a million: 240 MB)
 NEIGHBOUR_ENTRIES = 20_000_000
 MIN_NEIGHBOURS = 20
-EASE_MAX_ITEMS = 20_000  # above this the [items, items] inverse is too large for one site's RAM
-EASE_REGULARISATION = 250.0
 # With DP counts (noise std σ): ItemKNN keeps co-occurrences ≥ 3σ, EASE's λ is at least 50σ
 KNN_NOISE_THRESHOLD = 3.0
 EASE_NOISE_REGULARISATION = 50.0
@@ -58,10 +66,11 @@ class CollaborativeIndex:
     similarity: torch.Tensor  # [items, k] their cosine similarity
     popularity: torch.Tensor  # [items] recency-weighted interaction counts
     counts: torch.Tensor  # [items] interactions counted (0: the site knows nothing of the item)
-    ease: torch.Tensor | None  # [items, items] EASE weights, or None for a large catalogue
+    ease: torch.Tensor | None  # [m, m] EASE weights (m = items without ease_rows); None: no items
     fingerprint: str  # of the interactions counted (and of the privacy settings, with DP)
     privacy: dict[str, Any] | None = None  # CountPrivacy.describe() when the counts are DP
     catalogue: str = ""  # catalogue_ids() of the catalogue whose rows these tensors index
+    ease_rows: torch.Tensor | None = None  # [m] the catalogue rows EASE is over (None: every row)
 
     @property
     def items(self) -> int:
@@ -89,7 +98,7 @@ class CollaborativeIndex:
             knn[u].index_add_(0, neighbours[keep], sims[keep])
         out = {"itemknn": knn, "popularity": self.popularity.expand(users, -1).clone()}
         if self.ease is not None:
-            out["ease"] = history_matrix(histories, self.items) @ self.ease
+            out["ease"] = ease_scores(self.ease, self.ease_rows, histories, self.items)
         return out
 
     def _scores_at(
@@ -99,9 +108,7 @@ class CollaborativeIndex:
         users = len(histories)
         if not self.items:
             return {name: torch.zeros(users, len(columns)) for name in self.signals}
-        inside, at = columns < self.items, columns.clamp(max=self.items - 1)
         knn = torch.zeros(users, len(columns))
-        ease = torch.zeros(users, len(columns)) if self.ease is not None else None
         order = torch.argsort(columns)
         ordered = columns[order]
         for u, history in enumerate(histories):
@@ -112,11 +119,9 @@ class CollaborativeIndex:
             found = torch.searchsorted(ordered, neighbours).clamp(max=len(columns) - 1)
             keep = (neighbours >= 0) & (ordered[found] == neighbours)
             knn[u].index_add_(0, order[found[keep]], sims[keep])
-            if ease is not None:
-                ease[u] = self.ease[rows.unique()][:, at].sum(0)
         out = {"itemknn": knn, "popularity": at_rows(self.popularity, columns).expand(users, -1)}
-        if ease is not None:
-            out["ease"] = torch.where(inside, ease, torch.zeros(()))
+        if self.ease is not None:
+            out["ease"] = ease_scores_at(self.ease, self.ease_rows, histories, columns, self.items)
         return out
 
     # -- the site's disk ------------------------------------------------------------------------
@@ -127,6 +132,7 @@ class CollaborativeIndex:
             "popularity": self.popularity,
             "counts": self.counts,
             **({"ease": self.ease} if self.ease is not None else {}),
+            **({"ease_rows": self.ease_rows} if self.ease_rows is not None else {}),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".collaborative.")
@@ -175,6 +181,7 @@ class CollaborativeIndex:
                 fingerprint=fingerprint,
                 privacy=privacy if isinstance(privacy, dict) else None,
                 catalogue=catalogue_ids(catalogue),
+                ease_rows=t.get("ease_rows"),  # (a file without it: EASE over every row)
             )
             index.check_shapes(len(catalogue))
         except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
@@ -185,12 +192,14 @@ class CollaborativeIndex:
     def check_shapes(self, items: int) -> None:
         """Raise ValueError unless every tensor fits a catalogue of ``items`` items."""
         k = self.neighbours.shape[-1] if self.neighbours.ndim == 2 else -1
+        m = items if self.ease_rows is None else len(self.ease_rows)
         expected = {
             "neighbours": ((items, k), torch.int64),
             "similarity": ((items, k), torch.float32),
             "popularity": ((items,), torch.float32),
             "counts": ((items,), torch.float32),
-            **({"ease": ((items, items), torch.float32)} if self.ease is not None else {}),
+            **({"ease": ((m, m), torch.float32)} if self.ease is not None else {}),
+            **({"ease_rows": ((m,), torch.int64)} if self.ease_rows is not None else {}),
         }
         for name, (shape, dtype) in expected.items():
             tensor = getattr(self, name)
@@ -200,6 +209,12 @@ class CollaborativeIndex:
                 )
         if items and not -1 <= int(self.neighbours.min()) <= int(self.neighbours.max()) < items:
             raise ValueError("neighbours name rows outside the catalogue")
+        if self.ease_rows is not None:
+            rows = self.ease_rows
+            if self.ease is None or not 0 < m <= items or len(rows.unique()) != m:
+                raise ValueError("ease_rows without EASE weights, or with repeated rows")
+            if not 0 <= int(rows.min()) <= int(rows.max()) < items:
+                raise ValueError("ease_rows name rows outside the catalogue")
 
 
 def at_rows(values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -208,15 +223,6 @@ def at_rows(values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         return torch.zeros(len(columns))
     inside = columns < len(values)
     return torch.where(inside, values[columns.clamp(max=len(values) - 1)], torch.zeros(()))
-
-
-def history_matrix(histories: Sequence[Sequence[int]], items: int) -> torch.Tensor:
-    """Binary [users, items]: 1 where the item is in the user's history."""
-    matrix = torch.zeros(len(histories), items)
-    for u, history in enumerate(histories):
-        if history:
-            matrix[u, list(history)] = 1.0
-    return matrix
 
 
 def catalogue_ids(items: Sequence[Item]) -> str:
@@ -253,10 +259,14 @@ def build_collaborative_index(
     *,
     neighbours: int | None = None,
     ease_max_items: int = EASE_MAX_ITEMS,
+    ease_items: int = EASE_LARGE_ITEMS,
     privacy: CountPrivacy | None = None,
     seed: int | None = None,
 ) -> CollaborativeIndex:
     """Count ``sequences`` (each user's interactions to count, catalogue rows, oldest first).
+
+    EASE covers the whole catalogue when it has at most ``ease_max_items`` items, else its
+    ``ease_items`` most-interacted items (clients/scorer/ease.py).
 
     With ``privacy`` the counts are released once with user-level DP
     (clients/scorer/private_counts.py) and everything else is built from the noisy counts;
@@ -274,14 +284,16 @@ def build_collaborative_index(
     gram = (matrix.T @ matrix).tocsr()
     counts = gram.diagonal().astype(np.float32)  # users per item: the matrix is binary
     top, sims = _item_knn(gram, counts, neighbours)
+    ease, ease_rows = build_ease(gram, counts, ease_max_items, ease_items)
     return CollaborativeIndex(
         neighbours=torch.from_numpy(top),
         similarity=torch.from_numpy(sims),
         popularity=torch.from_numpy(_recency_weighted(data, sequences, items)),
         counts=torch.from_numpy(counts),
-        ease=_ease(gram.toarray()) if 0 < items <= ease_max_items else None,
+        ease=ease,
         fingerprint=fingerprint,
         catalogue=catalogue_ids(data.items),
+        ease_rows=ease_rows,
     )
 
 
@@ -327,7 +339,7 @@ def _private_index(
         similarity=torch.from_numpy(sims),
         popularity=torch.from_numpy(np.maximum(gram.diagonal(), 0.0).astype(np.float32)),
         counts=torch.from_numpy(counts),
-        ease=_ease(nearest_psd(gram), regularisation) if items else None,
+        ease=ease_weights(nearest_psd(gram), regularisation) if items else None,
         fingerprint=fingerprint,
         privacy=privacy.describe(),
         catalogue=catalogue_ids(data.items),
@@ -366,16 +378,6 @@ def _item_knn(co: sp.csr_matrix, counts: np.ndarray, k: int) -> tuple[np.ndarray
         top[i, : len(cols)] = cols[order]
         sims[i, : len(cols)] = values[order]
     return top, sims
-
-
-def _ease(gram_matrix: np.ndarray, regularisation: float = EASE_REGULARISATION) -> torch.Tensor:
-    """EASE (Steck 2019): B = I − P·diag(1/diag(P)) with P = (XᵀX + λI)⁻¹, zero diagonal."""
-    gram = torch.from_numpy(np.asarray(gram_matrix, dtype=np.float64))
-    gram += regularisation * torch.eye(gram.shape[0], dtype=torch.float64)
-    inverse = torch.linalg.inv(gram)
-    weights = -inverse / inverse.diagonal().unsqueeze(0)
-    weights.fill_diagonal_(0.0)
-    return weights.float()
 
 
 def _recency_weighted(

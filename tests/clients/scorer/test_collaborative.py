@@ -289,3 +289,123 @@ def test_the_new_user_blend_follows_whichever_prior_predicts(random_platform):
     assert weight > 0.5
     top = new_user_scores(prior, index, weight).argsort(descending=True)[:3]
     assert set(top.tolist()) == set(liked)
+
+
+# -- EASE over the site's most popular items (catalogues above ease_max_items) ---------------------
+def _ease_signal(index, histories):
+    return index.scores(histories)["ease"]
+
+
+def test_ease_over_a_subset_that_is_the_whole_catalogue_is_full_ease(random_platform):
+    data = random_platform
+    full = build_collaborative_index(data, data.sequences)
+    subset = build_collaborative_index(data, data.sequences, ease_max_items=0, ease_items=1000)
+    assert full.ease_rows is None and subset.ease_rows is not None
+    assert sorted(subset.ease_rows.tolist()) == list(range(32))
+    assert subset.ease_rows.tolist() != list(range(32))  # most popular first: rows reordered
+    histories = [data.sequences[0][:4], [5, 9], [30], []]
+    torch.testing.assert_close(
+        _ease_signal(subset, histories), _ease_signal(full, histories), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_above_ease_max_items_ease_covers_the_most_popular_items(random_platform):
+    import numpy as np
+    import scipy.sparse as sp
+
+    from clients.scorer.ease import ease_weights
+
+    data = random_platform
+    index = build_collaborative_index(data, data.sequences, ease_max_items=20, ease_items=8)
+    counts = index.counts.tolist()
+    rows = index.ease_rows.tolist()
+    # the 8 most interacted items, most first, ties by row
+    assert rows == sorted(range(32), key=lambda i: (-counts[i], i))[:8]
+    assert index.ease.shape == (8, 8)
+    users = np.repeat(np.arange(len(data.sequences)), [len(s) for s in data.sequences])
+    matrix = sp.csr_matrix(
+        (np.ones(len(users)), (users, [i for s in data.sequences for i in s])), shape=(40, 32)
+    ).toarray()
+    restricted = matrix[:, rows].T @ matrix[:, rows]
+    torch.testing.assert_close(index.ease, ease_weights(restricted))
+    histories = [data.sequences[0][:6], [rows[0], rows[3]], [30]]
+    got = _ease_signal(index, histories)
+    outside = [r for r in range(32) if r not in rows]
+    assert torch.count_nonzero(got[:, outside]) == 0
+    h = torch.zeros(len(histories), 8)
+    for u, history in enumerate(histories):
+        h[u, [rows.index(r) for r in history if r in rows]] = 1.0
+    torch.testing.assert_close(got[:, rows], h @ index.ease)
+    assert torch.count_nonzero(got[1]) > 0
+
+
+def test_ease_at_candidate_columns_is_the_full_scores_there(random_platform):
+    data = random_platform
+    index = build_collaborative_index(data, data.sequences, ease_max_items=20, ease_items=8)
+    histories = [data.sequences[0][:6], [int(index.ease_rows[0]), 31, 2], [30], []]
+    full = index.scores(histories)
+    columns = torch.tensor([*index.ease_rows.tolist()[::-1], 0, 1, 2, 31, 32, 40, 5, 5])
+    got = index.scores(histories, columns)
+    expected = torch.nn.functional.pad(full["ease"], (0, 41 - 32))[:, columns]
+    torch.testing.assert_close(got["ease"], expected, atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(got["ease"][:, -4:-2]) == 0  # rows 32, 40: added since: 0
+    assert torch.count_nonzero(got["ease"][0, :8]) > 0
+
+
+def test_ease_rows_are_saved_and_checked(tmp_path, random_platform, caplog):
+    data = random_platform
+    index = build_collaborative_index(data, data.sequences, ease_max_items=20, ease_items=8)
+    path = tmp_path / "local.safetensors"
+    index.save(path)
+    again = CollaborativeIndex.load(path, index.fingerprint, data.items)
+    assert again is not None and torch.equal(again.ease_rows, index.ease_rows)
+    histories = [data.sequences[1][:5], [int(index.ease_rows[2])]]
+    assert torch.equal(_ease_signal(again, histories), _ease_signal(index, histories))
+    tensors = {
+        "neighbours": index.neighbours,
+        "similarity": index.similarity,
+        "popularity": index.popularity,
+        "counts": index.counts,
+        "ease": index.ease,
+        "ease_rows": index.ease_rows.clone(),
+    }
+    tensors["ease_rows"][3] = len(data.items)  # a row past the catalogue
+    tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    save_file(tensors, str(path), metadata={"format": FORMAT, "fingerprint": index.fingerprint})
+    with caplog.at_level("WARNING"):
+        assert CollaborativeIndex.load(path, index.fingerprint, data.items) is None
+    assert "ease_rows name rows outside the catalogue" in caplog.text
+    del tensors["ease_rows"]  # [8, 8] weights without their rows are not a full EASE
+    save_file(tensors, str(path), metadata={"format": FORMAT, "fingerprint": index.fingerprint})
+    assert CollaborativeIndex.load(path, index.fingerprint, data.items) is None
+
+
+def test_a_60k_item_catalogue_gets_ease_over_its_most_popular_items(monkeypatch):
+    import numpy as np
+
+    from clients.scorer import ease as ease_module
+    from clients.scorer.ease import EASE_LARGE_ITEMS
+
+    items, rng = 60_000, np.random.default_rng(0)
+    popularity = 1.0 / np.arange(1, items + 1) ** 1.1  # power-law, about 180k interactions
+    lengths = rng.integers(5, 40, size=8_000)
+    drawn = rng.choice(items, size=int(lengths.sum()), p=popularity / popularity.sum()).tolist()
+    ends = np.cumsum(lengths).tolist()
+    sequences = [list(dict.fromkeys(drawn[e - n : e])) for n, e in zip(lengths, ends, strict=True)]
+    inverted = []  # what EASE inverts; the inverse itself is tested above (here: too slow)
+    monkeypatch.setattr(
+        ease_module,
+        "ease_weights",
+        lambda gram, *a: inverted.append(gram.shape) or torch.from_numpy(gram).float(),
+    )
+    data = make_platform(sequences, items=items)
+    index = build_collaborative_index(data, sequences)
+    m = EASE_LARGE_ITEMS
+    assert inverted == [(m, m)] and index.ease.shape == (m, m) and index.ease_rows.shape == (m,)
+    tensors = [index.neighbours, index.similarity, index.popularity, index.counts, index.ease]
+    assert all(t.numel() < items * items // 100 for t in tensors)
+    scores = index.scores([sequences[0][:10]])["ease"]
+    assert scores.shape == (1, items)
+    outside = torch.ones(items, dtype=torch.bool)
+    outside[index.ease_rows] = False
+    assert torch.count_nonzero(scores[0, outside]) == 0 and torch.count_nonzero(scores) > 0

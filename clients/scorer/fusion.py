@@ -20,6 +20,12 @@ mostly the luck of a few hundred validation users, so a mix is kept only when it
 single signal (κ = 0) by at least ``min_z`` standard errors of its paired per-user gain; otherwise
 that signal ranks alone (the fusion does not do worse than the best thing it fuses because it
 fitted noise).
+
+New items (clients/scorer/new_items.py): for a user whose most recent item the counts do not know
+(someone following what is new), the count signals' fallback for an item they know nothing of
+may be the model's z-score scaled and shifted onto their scale, a·z + β, instead of z; fitted on
+a time-split validation world and off unless it clearly helps there. The weights dict carries it
+(SCALE and OFFSET) so that every ranking path that fuses applies it.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,11 +50,18 @@ ASCENT_STEPS = (0.2, 0.1, 0.05)  # the fit's moves of weight between two signals
 KAPPAS = (0.0, 3.0, 10.0, 30.0)
 FIT_USERS = 3000  # validation users the weights are fitted on (the first ones: a fixed sample)
 MIN_Z = 1.645  # a mix must beat the best single signal by this many standard errors (one-sided 5 %)
+# the new-item fallback a·z + β in a FusionWeights' weights (absent: off, the model's z as is)
+SCALE, OFFSET = "new_items_scale", "new_items_offset"
+FALLBACK = (SCALE, OFFSET)
+# standardised_signals' [users, items] entry: where the fallback applies (not a signal)
+FALLBACK_SHARE = "new_items_share"
 
 
 @dataclass(frozen=True)
 class FusionWeights:
-    weights: dict[str, float]  # "model" and each collaborative signal; they sum to 1
+    # "model" and each collaborative signal, summing to 1; with the new-item fallback on, also
+    # SCALE and OFFSET
+    weights: dict[str, float]
     validation_ndcg: float  # NDCG@10 of these weights on the validation users they were fit on
     model_only_ndcg: float  # the model alone on the same users
     users: int
@@ -56,16 +69,35 @@ class FusionWeights:
     kappa: float = 0.0  # the count signals' shrinkage towards the model (standardised_signals)
     # a user with no known item: the model's prior's share, the rest the site's popularity
     new_user_model: float = 0.5
+    # how the new-item fallback was chosen (clients/scorer/new_items.py; empty: not fitted)
+    new_items_fit: dict[str, float | int | str] = field(default_factory=dict)
+
+    @property
+    def mix(self) -> dict[str, float]:
+        """The signals' weights (the fallback's parameters left out)."""
+        return {k: v for k, v in self.weights.items() if k not in FALLBACK}
+
+    @property
+    def fallback(self) -> tuple[float, float] | None:
+        """The new-item fallback's (a, β), or None: off."""
+        if SCALE not in self.weights:
+            return None
+        return self.weights[SCALE], self.weights.get(OFFSET, 0.0)
 
     def to_dict(self) -> dict[str, object]:
+        fallback = self.fallback
+        new_items: dict[str, object] = {"fallback": "off" if fallback is None else "scaled"}
+        if fallback is not None:
+            new_items.update(scale=fallback[0], offset=fallback[1])
         return {
-            "weights": {k: round(v, 4) for k, v in self.weights.items()},
+            "weights": {k: round(v, 4) for k, v in self.mix.items()},
             "validation_ndcg@10": round(self.validation_ndcg, 6),
             "model_only_validation_ndcg@10": round(self.model_only_ndcg, 6),
             "fit_on_users": self.users,
             "mix_gain_z": round(self.mix_gain_z, 3) if math.isfinite(self.mix_gain_z) else None,
             "kappa": self.kappa,
             "new_user_model_weight": self.new_user_model,
+            "new_items": {**new_items, **self.new_items_fit},
         }
 
 
@@ -96,7 +128,9 @@ def standardised_signals(
     """z-scores of the model and of each local signal, unknown items and users falling back to
     the model's z-score. With ``kappa`` > 0 a signal's z-score for an item with n interactions
     is blended with the model's as n / (n + kappa): the fewer interactions the site has seen,
-    the more the model ranks the item.
+    the more the model ranks the item. The FALLBACK_SHARE entry is where the new-item fallback
+    applies (``fuse``): the items the counts know nothing of, for a user whose most recent item
+    they do not know.
 
     With ``columns`` (catalogue rows; ``model_scores`` is then [users, len(columns)]) every
     signal is taken at those rows only and standardised over them: the two-stage ranking's
@@ -121,7 +155,12 @@ def standardised_signals(
         history = exclusion_mask(local_histories, local.items)
         known_user = (history & (all_counts > 0).unsqueeze(0)).any(1, keepdim=True)
     say = evidence.unsqueeze(0) * known_user.float()  # [users, items]: the signal's share
-    out = {"model": model_z}
+    # a user whose latest item the counts do not know follows what is new (its next item is
+    # more often unknown too: docs/experiments/new-items.md)
+    latest = torch.as_tensor([h[-1] if h else -1 for h in local_histories])
+    on_new = (latest >= 0) & (at_rows(all_counts, latest.clamp(min=0)) <= 0)
+    unknown = (counts <= 0).unsqueeze(0) & known_user & on_new.unsqueeze(1)
+    out = {"model": model_z, FALLBACK_SHARE: unknown.float()}
     for name, scores in local.scores(local_histories, columns).items():
         scores = _padded(scores, width) if columns is None else scores
         out[name] = say * standardise(scores, excluded) + (1.0 - say) * model_z
@@ -136,10 +175,16 @@ def _padded(values: torch.Tensor, items: int) -> torch.Tensor:
 
 
 def fuse(signals: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Σ weight · z, with the new-item fallback a·z + β (when ``weights`` carry it) in place of
+    the model's z where the count signals fell back to it (standardised_signals)."""
     total = torch.zeros_like(signals["model"])
     for name, weight in weights.items():
-        if weight:
+        if weight and name not in FALLBACK:
             total += weight * signals[name]
+    if SCALE in weights:
+        counts_weight = 1.0 - weights.get("model", 0.0)
+        shift = (weights[SCALE] - 1.0) * signals["model"] + weights.get(OFFSET, 0.0)
+        total += counts_weight * signals[FALLBACK_SHARE] * shift
     return total
 
 
@@ -181,6 +226,22 @@ def simplex_ascent(
     return best_value, best
 
 
+def fused_ranker(
+    histories: Sequence[Sequence[int]], targets: Sequence[int], items: int
+) -> Callable[[dict[str, torch.Tensor], dict[str, float]], list[int]]:
+    """The targets' ranks under ``fuse(signals, weights)``: target_ranks' rule vectorised for
+    the fits (the history but the target excluded, ties counting against the target)."""
+    rows, target = torch.arange(len(targets)), torch.as_tensor(list(targets))
+    excluded = exclusion_mask(histories, items)
+    excluded[rows, target] = False
+
+    def ranks(signals: dict[str, torch.Tensor], weights: dict[str, float]) -> list[int]:
+        fused = fuse(signals, weights)
+        return ((fused >= fused[rows, target].unsqueeze(1)) & ~excluded).sum(1).tolist()
+
+    return ranks
+
+
 def fit_fusion(
     model_scores: torch.Tensor,
     local: CollaborativeIndex,
@@ -195,17 +256,7 @@ def fit_fusion(
     histories, targets = list(histories)[:FIT_USERS], list(targets)[:FIT_USERS]
     scores = model_scores[: len(histories)]
     names = ["model", *local.signals]
-    # target_ranks' rule, vectorised for the fit: the history (but the target) is excluded,
-    # ties count against the target.
-    rows = torch.arange(len(targets))
-    target = torch.as_tensor(targets)
-    excluded = exclusion_mask(histories, local.items)
-    excluded[rows, target] = False
-
-    def ranks(signals: dict[str, torch.Tensor], weights: dict[str, float]) -> list[int]:
-        fused = fuse(signals, weights)
-        at_least = (fused >= fused[rows, target].unsqueeze(1)) & ~excluded
-        return at_least.sum(1).tolist()
+    ranks = fused_ranker(histories, targets, local.items)
 
     def ndcg(signals: dict[str, torch.Tensor], weights: dict[str, float]) -> float:
         return ranking_metrics(ranks(signals, weights))["ndcg@10"]
@@ -287,17 +338,26 @@ def training_index(
 
 
 def fit_site_fusion(
-    rec: Recommender, data: PlatformData, local: CollaborativeIndex, item_vectors: torch.Tensor
+    rec: Recommender,
+    data: PlatformData,
+    local: CollaborativeIndex,
+    item_vectors: torch.Tensor,
+    build: Callable[[Sequence[Sequence[int]]], CollaborativeIndex] | None = None,
 ) -> FusionWeights:
-    """The site's fusion weights, fitted on its validation split (never a test target)."""
-    val = [data.split(u, "validation") for u in range(data.num_users)]
-    val_histories = [h for h, _ in val]
-    return fit_fusion(
-        rec.scores(val_histories[:FIT_USERS], item_vectors),
-        local,
-        val_histories,
-        [t for _, t in val],
-    )
+    """The site's fusion weights, fitted on its validation split, and the new-item fallback,
+    fitted on its time-split validation world, whose counts ``build`` makes from the training
+    interactions it is given (default: exact counts). Never a test target."""
+    # (new_items builds on this module, so it is imported where it is used)
+    from clients.scorer.new_items import fit_new_item_fallback, time_split_world
+
+    val = [data.split(u, "validation") for u in range(min(data.num_users, FIT_USERS))]
+    histories, targets = [h for h, _ in val], [t for _, t in val]
+    scores = rec.scores(histories, item_vectors)
+    weights = fit_fusion(scores, local, histories, targets)
+    if build is None:
+        build = lambda sequences: training_index(data, sequences=sequences)  # noqa: E731
+    world = time_split_world(data, build, users=FIT_USERS)
+    return fit_new_item_fallback(scores, weights, world, local, histories, targets)
 
 
 def fused_split_ranks(

@@ -3,7 +3,10 @@ model by weights fitted on its own validation split, cached beside the item vect
 
 Two collaborative indexes are built from the file: one over each user's training part (all but
 the last two interactions) to fit the fusion weights on the validation split without counting its
-targets, and one over every interaction, which serving uses (the site's whole knowledge).
+targets, and one over every interaction, which serving uses (the site's whole knowledge). With
+exact counts a third, over the training interactions before the validation cut-off, is the
+time-split world the new-item fallback is fitted on (clients/scorer/new_items.py); with DP counts
+it would be a third release of the same users, so the fallback stays off there.
 
 Cache (``CACHE/local``, no pickle: safetensors and JSON, each written to a temporary file and
 renamed into place):
@@ -43,8 +46,15 @@ from clients.scorer.collaborative import (
 )
 from clients.scorer.count_releases import CountReleases, default_count_ledger
 from clients.scorer.defaults import DEFAULT_MAX_ITEMS
-from clients.scorer.fusion import FIT_USERS, FusionWeights, fit_fusion, fit_new_user_blend
+from clients.scorer.fusion import (
+    FALLBACK,
+    FIT_USERS,
+    FusionWeights,
+    fit_fusion,
+    fit_new_user_blend,
+)
 from clients.scorer.item_index import ItemIndex
+from clients.scorer.new_items import fit_new_item_fallback, time_split_world
 from clients.scorer.private_counts import CountPrivacy
 from shared.config import default_delta
 from shared.data import PlatformData, build_platform, find_file, read_interactions
@@ -191,7 +201,17 @@ def _fit(
     )
     pairs = [data.split(u, "validation") for u in range(min(data.num_users, FIT_USERS))]
     histories, targets = [h for h, _ in pairs], [t for _, t in pairs]
-    weights = fit_fusion(rec.scores(histories, item_index.vectors), training, histories, targets)
+    scores = rec.scores(histories, item_index.vectors)
+    weights = fit_fusion(scores, training, histories, targets)
+    if privacy is None:  # (DP counts: the world would be another release; module docstring)
+        world = time_split_world(
+            data, lambda sequences: build_collaborative_index(data, sequences), users=FIT_USERS
+        )
+        weights = fit_new_item_fallback(scores, weights, world, training, histories, targets)
+    else:
+        weights = dataclasses.replace(
+            weights, new_items_fit={"not_fitted": "DP counts (a third release)"}
+        )
     prior = rec.scores([[]], item_index.vectors)[0]  # the model before it knows the user
     return dataclasses.replace(weights, new_user_model=fit_new_user_blend(prior, training, targets))
 
@@ -258,8 +278,8 @@ def _read_manifest(path: Path) -> tuple[str | None, str | None]:
 def _weights_path(cache_dir: Path | None, model: str, serving: CollaborativeIndex) -> Path | None:
     if cache_dir is None:
         return None
-    # v2: weights with their shrinkage κ and new users' blend (older files: refitted)
-    return cache_dir / f"fusion-v2-{model}-{serving.fingerprint}-{serving.catalogue}.json"
+    # v3: with the new-item fallback (older files: refitted)
+    return cache_dir / f"fusion-v3-{model}-{serving.fingerprint}-{serving.catalogue}.json"
 
 
 def _read_weights(
@@ -270,16 +290,25 @@ def _read_weights(
     if saved is None:
         return None
     try:
+        new_items = saved["new_items"]
+        fallback = {}
+        if new_items["fallback"] != "off":
+            fallback = dict(zip(FALLBACK, (new_items["scale"], new_items["offset"]), strict=True))
         weights = FusionWeights(
-            {str(k): float(v) for k, v in saved["weights"].items()},
+            {str(k): float(v) for k, v in {**saved["weights"], **fallback}.items()},
             float(saved["validation_ndcg@10"]),
             float(saved["model_only_validation_ndcg@10"]),
             int(saved["fit_on_users"]),
             math.inf if saved.get("mix_gain_z") is None else float(saved["mix_gain_z"]),
             float(saved["kappa"]),
             float(saved["new_user_model_weight"]),
+            {
+                str(k): v
+                for k, v in new_items.items()
+                if k not in ("fallback", "scale", "offset") and isinstance(v, int | float | str)
+            },
         )
-        unknown = set(weights.weights) - {"model", *serving.signals}
+        unknown = set(weights.weights) - {"model", *serving.signals, *FALLBACK}
         values = [*weights.weights.values(), weights.kappa, weights.new_user_model]
         if unknown or not all(math.isfinite(w) and w >= 0 for w in values):
             raise ValueError(f"weights {weights.weights} do not fit the signals")

@@ -40,10 +40,12 @@ def print_rank_table(
     ranking = "text-only"
     if scorer.local:
         fusion = scorer.local.fusion
-        weights = ", ".join(f"{k} {v:.2f}" for k, v in fusion.weights.items())
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in fusion.mix.items())
+        fallback = fusion.fallback
         weights += (
             f", count shrinkage κ {fusion.kappa:g}; new users: model prior "
-            f"{fusion.new_user_model:.1f}, popularity {1 - fusion.new_user_model:.1f}"
+            f"{fusion.new_user_model:.1f}, popularity {1 - fusion.new_user_model:.1f}; new items: "
+            + ("model z" if fallback is None else f"{fallback[0]:g}·model z + {fallback[1]:g}")
         )
         privacy = scorer.local.index.privacy
         counts = (

@@ -8,6 +8,7 @@ same adapter is never encoded twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,9 @@ class Evaluator:
             ranks = split_ranks(rec, data, "test", None, vectors)
             tested.add(data.name, ranks, self.slices[data.name])
             if hybrid:
-                weights = fit_site_fusion(rec, data, self.local(data), vectors)
+                weights = fit_site_fusion(
+                    rec, data, self.local(data), vectors, build=self.world_counts(data)
+                )
                 ranks = fused_split_ranks(rec, data, self.local(data), vectors, weights)
                 # the new-item slice is ranked as on the cut-off day: the same fit, the counts
                 # of the interactions before it (the new items have none)
@@ -107,6 +110,15 @@ class Evaluator:
                 data, self._count_privacy(data), seed=0, sequences=sequences
             )
         return self._before[data.name]
+
+    def world_counts(
+        self, data: PlatformData
+    ) -> Callable[[Sequence[Sequence[int]]], CollaborativeIndex]:
+        """How the fit's time-split world counts (clients/scorer/new_items.py): as the site's
+        own index does, exact or DP."""
+        return lambda sequences: training_index(
+            data, self._count_privacy(data), seed=0, sequences=sequences
+        )
 
     def _count_privacy(self, data: PlatformData) -> CountPrivacy | None:
         privacy = self.cfg.privacy

@@ -333,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rows, sites = [], []
-    encode = encoding_throughput(args.device)
+    previous = json.loads(args.json.read_text(encoding="utf-8")) if args.json.is_file() else {}
+    partial = bool(args.kinds) and bool(previous)  # updates the previous run's rows only
+    encode = previous["encoding_items_per_s"] if partial else encoding_throughput(args.device)
     print(f"text encoding: {encode:.0f} items/s ({1e6 / encode / 60:.0f} min per million items)")
     with tempfile.TemporaryDirectory(prefix="fedxrec-scale-") as tmp:
         for items in sizes:
@@ -371,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"build {row['build_s']:6.1f} s  rss {row['rss_mb']:6.0f} MB",
                         flush=True,
                     )
-    if args.kinds and args.json.is_file():  # a partial run updates its rows of the last one
-        rows, sites = _merged(json.loads(args.json.read_text(encoding="utf-8")), rows, sites)
+    if partial:
+        rows, sites = _merged(previous, rows, sites)
     out = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.device}",

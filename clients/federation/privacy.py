@@ -10,6 +10,7 @@ budget.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -20,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from opacus.accountants import create_accountant
+from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
 from clients.federation.ledger_file import (
     CHAINED_MARKER,
@@ -212,6 +214,8 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
         return 0.0
     if any(sigma <= 0 for sigma, _, _ in history):
         return float("inf")
+    if accountant == "rdp":
+        return _rdp_epsilon(history, delta)
     acc = create_accountant(accountant)
     acc.history = list(history)
     # A site small enough to sample every user (q = 1) makes Opacus' PRV take log(1 - q) = log 0
@@ -224,6 +228,27 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         with np.errstate(divide="ignore") if full_batch else contextlib.nullcontext():
             return float(acc.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_of_one_step(sample_rate: float, sigma: float) -> np.ndarray:
+    return np.asarray(
+        rdp_analysis.compute_rdp(
+            q=sample_rate, noise_multiplier=sigma, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
+        )
+    )
+
+
+def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    """Opacus' RDP accountant's ε, the same sum of the same terms: a release's RDP is its steps
+    times one step's, so one step's is computed once per (q, σ). Opacus computes it anew for
+    every release at every call, and the budget search calls it for every σ it tries over the
+    whole history (most of a comparison's seconds were spent there)."""
+    rdp = sum([_rdp_of_one_step(q, sigma) * steps for sigma, q, steps in history])
+    eps, _ = rdp_analysis.get_privacy_spent(
+        orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
+    )
+    return float(eps)
 
 
 def noise_for_budget(

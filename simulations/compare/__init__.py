@@ -106,13 +106,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def write_outputs(exp: Any, out: Path, *, complete: bool) -> Any:
-    """results.json, report.md and the plots of the runs so far; returns the results."""
+    """results.json and report.md of the runs so far, and once ``complete`` the plots (drawing
+    them after every run cost more than some runs); returns the results."""
     from simulations.compare.figures import make_plots
     from simulations.compare.report import render_report
     from simulations.compare.results import build_results, write_json
 
     results = build_results(exp, complete=complete)
-    plots = make_plots(results, out / "plots") if exp.runs else {}
+    plots = make_plots(results, out / "plots") if exp.runs and complete else {}
     (out / "report.md").write_text(render_report(results, plots))
     write_json(out / "results.json", results)
     return results

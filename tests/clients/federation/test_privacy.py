@@ -262,3 +262,25 @@ def test_a_site_that_samples_every_user_gets_its_epsilon_without_a_numpy_warning
         )
     assert gaussian_delta(epsilon, 1 / math.sqrt(10)) == pytest.approx(1e-5, rel=0.02)
     assert 0.3 < sigma < 10
+
+
+def test_rdp_epsilon_is_opacus_rdp_accountants_to_the_bit():
+    # epsilon_of computes one step's RDP once per (q, σ); it must be Opacus' accountant exactly
+    import random
+
+    from opacus.accountants import RDPAccountant
+
+    from clients.federation.privacy import epsilon_of
+
+    rng = random.Random(0)
+    for _ in range(20):
+        history = [
+            (rng.choice([0.5, 1.0, 2.0, rng.uniform(0.5, 5.0)]), rng.choice([0.01, 1.0, rng.random()]), rng.randint(1, 200))
+            for _ in range(rng.randint(1, 5))
+        ]  # fmt: skip
+        delta = rng.choice([1e-5, 1e-3])
+        reference = RDPAccountant()
+        reference.history = list(history)
+        assert epsilon_of(history, delta, "rdp") == float(reference.get_epsilon(delta=delta))
+        # and again from the cache, unchanged
+        assert epsilon_of(history, delta, "rdp") == float(reference.get_epsilon(delta=delta))

@@ -26,6 +26,11 @@ EASE_MAX_ITEMS = 20_000  # up to this many items EASE covers the whole catalogue
 # allows; the inverse's time grows as m³.
 EASE_LARGE_ITEMS = 5000
 EASE_REGULARISATION = 250.0
+# Up to this many users (a batch of requests) a history is a sparse row: the sum of its items'
+# rows of the weights costs O(history × items), where the dense product reads all items² weights
+# (at 10k items: 0.24 ms instead of 17 ms for one user). Beyond (the fits, evaluation) the
+# dense product, as fast there and the same arithmetic the committed comparisons used.
+SPARSE_USERS = 256
 
 
 def ease_weights(
@@ -72,6 +77,15 @@ def history_matrix(histories: Sequence[Sequence[int]], items: int) -> torch.Tens
     return matrix
 
 
+def _sparse_history(histories: Sequence[Sequence[int]], items: int) -> sp.csr_matrix:
+    """``history_matrix`` as a sparse matrix."""
+    distinct = [sorted(set(h)) for h in histories]
+    rows = np.repeat(np.arange(len(distinct)), [len(h) for h in distinct])
+    cols = np.fromiter((i for h in distinct for i in h), dtype=np.int64, count=len(rows))
+    values = np.ones(len(rows), dtype=np.float32)
+    return sp.csr_matrix((values, (rows, cols)), shape=(len(distinct), items))
+
+
 def ease_scores(
     weights: torch.Tensor,
     rows: torch.Tensor | None,
@@ -81,6 +95,8 @@ def ease_scores(
     """[users, items] EASE scores of histories given as catalogue rows: the history (its items
     among ``rows``) times ``weights``, placed at ``rows``; 0 at every other row. ``rows`` None:
     the weights are over the whole catalogue."""
+    if rows is None and len(histories) <= SPARSE_USERS:
+        return torch.from_numpy(_sparse_history(histories, items) @ weights.numpy())
     matrix = history_matrix(histories, items)
     if rows is None:
         return matrix @ weights

@@ -409,3 +409,18 @@ def test_a_60k_item_catalogue_gets_ease_over_its_most_popular_items(monkeypatch)
     outside = torch.ones(items, dtype=torch.bool)
     outside[index.ease_rows] = False
     assert torch.count_nonzero(scores[0, outside]) == 0 and torch.count_nonzero(scores) > 0
+
+
+def test_a_few_users_ease_scores_are_the_dense_products(random_platform):
+    # a request batch takes the sparse product; the fits take the dense one: the same scores
+    from clients.scorer.ease import SPARSE_USERS, ease_scores, history_matrix
+
+    data = random_platform
+    index = build_collaborative_index(data, data.sequences)
+    histories = [data.sequences[0][:6], [], [3, 3, 9], [31]]
+    few = ease_scores(index.ease, None, histories, index.items)
+    dense = history_matrix(histories, index.items) @ index.ease
+    torch.testing.assert_close(few, dense, atol=1e-5, rtol=1e-5)
+    many = ease_scores(index.ease, None, histories * (SPARSE_USERS // 4 + 1), index.items)
+    torch.testing.assert_close(many[: len(histories)], dense, atol=0.0, rtol=0.0)
+    assert torch.count_nonzero(few[1]) == 0 and torch.count_nonzero(few[0]) > 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from clients.scorer.fusion import FusionWeights, hybrid_split_ranks, training_index
 from shared.adapter import get_adapter_arrays, save_adapter
 from shared.config import ModelConfig
 from shared.data import PlatformData
@@ -55,3 +56,10 @@ def save_tiny_adapter(
             if "lora_" in name or p in set(rec.head.parameters()):
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
     return save_adapter(get_adapter_arrays(rec), cfg, folder, metadata={"round": round_})
+
+
+def fitted_fusion(data: PlatformData, vocab: Path, config: ModelConfig) -> FusionWeights:
+    """The site's final-ranking fit (weights, κ, new-item fallback) with a fresh tiny model."""
+    rec = make_tiny_recommender(vocab, config)
+    _, fit = hybrid_split_ranks(rec, data, training_index(data))
+    return fit

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from clients.scorer.collaborative import FORMAT, CollaborativeIndex, build_collaborative_index
 from clients.scorer.fusion import fit_fusion, fuse, simplex_grid, standardise, standardised_signals
 from shared.text import Item
-from tests.clients.scorer.support import make_platform
+from tests.clients.scorer.support import fitted_fusion, make_platform
 
 
 def brute_force_knn(sequences, items, history):
@@ -96,17 +96,17 @@ def test_an_index_of_another_catalogue_is_never_read_back(tmp_path, random_platf
     assert CollaborativeIndex.load(path, index.fingerprint, data.items) is not None
 
 
+def _saved_tensors(index: CollaborativeIndex) -> dict[str, torch.Tensor]:
+    """What ``index.save`` writes, as copies a test may damage before writing them itself."""
+    names = ["neighbours", "similarity", "popularity", "counts", "ease", "ease_rows"]
+    return {n: getattr(index, n).clone() for n in names if getattr(index, n) is not None}
+
+
 @pytest.mark.parametrize("damage", ["shape", "neighbour", "missing"])
 def test_a_cached_index_whose_tensors_do_not_fit_is_rebuilt(tmp_path, random_platform, damage):
     data = random_platform
     index = build_collaborative_index(data, data.sequences)
-    tensors = {
-        "neighbours": index.neighbours,
-        "similarity": index.similarity,
-        "popularity": index.popularity,
-        "counts": index.counts,
-        "ease": index.ease,
-    }
+    tensors = _saved_tensors(index)
     if damage == "shape":
         tensors["counts"] = tensors["counts"][:-1].clone()
     elif damage == "neighbour":
@@ -150,9 +150,6 @@ def test_a_new_item_reaches_the_top_through_the_model(random_platform):
 def test_fusion_weights_never_see_the_test_split(random_platform, tiny_vocab, tiny_model_config):
     """The fit reads validation histories and targets only: corrupting every test target (the
     last item) leaves the weights unchanged."""
-    from clients.scorer.fusion import hybrid_split_ranks, training_index
-    from tests.conftest import make_tiny_recommender
-
     data = random_platform
     corrupted = make_platform(
         [s[:-1] + [(s[-1] + 7) % 30] for s in data.sequences], items=32
@@ -162,12 +159,8 @@ def test_fusion_weights_never_see_the_test_split(random_platform, tiny_vocab, ti
         for u in range(data.num_users)
     )
 
-    def weights(platform):
-        rec = make_tiny_recommender(tiny_vocab, tiny_model_config)
-        _, fit = hybrid_split_ranks(rec, platform, training_index(platform))
-        return fit
-
-    assert weights(data) == weights(corrupted)
+    fit = fitted_fusion(data, tiny_vocab, tiny_model_config)
+    assert fit == fitted_fusion(corrupted, tiny_vocab, tiny_model_config)
 
 
 def test_fit_prefers_the_signal_that_predicts():
@@ -361,14 +354,7 @@ def test_ease_rows_are_saved_and_checked(tmp_path, random_platform, caplog):
     assert again is not None and torch.equal(again.ease_rows, index.ease_rows)
     histories = [data.sequences[1][:5], [int(index.ease_rows[2])]]
     assert torch.equal(_ease_signal(again, histories), _ease_signal(index, histories))
-    tensors = {
-        "neighbours": index.neighbours,
-        "similarity": index.similarity,
-        "popularity": index.popularity,
-        "counts": index.counts,
-        "ease": index.ease,
-        "ease_rows": index.ease_rows.clone(),
-    }
+    tensors = _saved_tensors(index)
     tensors["ease_rows"][3] = len(data.items)  # a row past the catalogue
     tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
     save_file(tensors, str(path), metadata={"format": FORMAT, "fingerprint": index.fingerprint})

@@ -26,6 +26,7 @@ from clients.scorer.new_items import (
 from shared.data import PlatformData
 from shared.metrics import target_ranks
 from shared.text import Item
+from tests.clients.scorer.support import fitted_fusion
 
 ITEMS = 400
 CLUSTERS = [list(range(12 * c, 12 * c + 12)) for c in range(12)]  # old items 0-143
@@ -186,9 +187,6 @@ def test_off_is_the_fusion_as_it_was():
 def test_the_fit_never_reads_a_test_target(tiny_vocab, tiny_model_config):
     """Weights, κ and the new-item fallback are fitted on the validation split and the
     time-split world: corrupting every test target (item and time) changes none of them."""
-    from clients.scorer.fusion import hybrid_split_ranks
-    from tests.conftest import make_tiny_recommender
-
     data = followers_of_the_new(60)
     corrupted = PlatformData(
         data.name,
@@ -202,14 +200,9 @@ def test_the_fit_never_reads_a_test_target(tiny_vocab, tiny_model_config):
         for u in range(data.num_users)
     )
 
-    def weights(platform):
-        rec = make_tiny_recommender(tiny_vocab, tiny_model_config)
-        _, fit = hybrid_split_ranks(rec, platform, training_index(platform))
-        return fit
-
-    fitted = weights(data)
+    fitted = fitted_fusion(data, tiny_vocab, tiny_model_config)
     assert "time_split_off_ndcg@10" in fitted.new_items_fit  # the world was there and used
-    assert fitted == weights(corrupted)
+    assert fitted == fitted_fusion(corrupted, tiny_vocab, tiny_model_config)
 
 
 @pytest.mark.parametrize("on", [False, True])

@@ -35,8 +35,8 @@ from clients.scorer.fusion import (
 from shared.data import PlatformData
 from shared.metrics import paired_gain, ranking_metrics, user_ndcg
 
-# the share of items first seen after the validation cut-off (as the comparison's test slice,
-# simulations/compare/plan.py)
+# the share of items first seen after the validation cut-off (and after the comparison's
+# new-item cut-off, simulations/compare/data.py)
 NEW_ITEM_SHARE = 0.2
 # the fallback a·z + β tried (a = 1, β = 0 is "off"); on the ML-100K demo sites the world's
 # best lay within these (docs/experiments/new-items.md)
@@ -65,14 +65,20 @@ def training_first_seen(data: PlatformData) -> dict[int, float]:
     return first
 
 
-def validation_cutoff(data: PlatformData, share: float = NEW_ITEM_SHARE) -> float | None:
-    """The time after which the newest ``share`` of the training sequences' items first appeared
-    (None without timestamps, or when they all appeared at once)."""
-    seen = sorted(training_first_seen(data).values())
+def share_cutoff(first_times: Sequence[float], share: float = NEW_ITEM_SHARE) -> float | None:
+    """The time after which the newest ``share`` of items first appeared, given each item's
+    first time (None when there are none, or when they all appeared at once)."""
+    seen = sorted(first_times)
     if not seen or seen[0] == seen[-1]:
         return None
     cutoff = seen[min(len(seen) - 1, math.floor(len(seen) * (1 - share)))]
     return cutoff if cutoff > seen[0] else None
+
+
+def validation_cutoff(data: PlatformData, share: float = NEW_ITEM_SHARE) -> float | None:
+    """The time after which the newest ``share`` of the training sequences' items first appeared
+    (None without timestamps, or when they all appeared at once)."""
+    return share_cutoff(list(training_first_seen(data).values()), share)
 
 
 def training_before(data: PlatformData, cutoff: float) -> list[list[int]]:

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+from clients.scorer.new_items import share_cutoff, training_before
 from shared.config import FedxrecConfig
 from shared.data import PlatformData, load_platform
 from shared.metrics import ranking_metrics
@@ -37,21 +38,14 @@ def first_seen(data: PlatformData) -> list[float]:
 def new_item_cutoff(data: PlatformData) -> float | None:
     """The time after which the platform's newest NEW_ITEM_SHARE of items were first seen
     (None without timestamps, or when every item appeared at once)."""
-    seen = sorted(t for t in first_seen(data) if math.isfinite(t))
-    if not data.times or not seen or seen[0] == seen[-1]:
+    if not data.times:
         return None
-    cutoff = seen[min(len(seen) - 1, math.floor(len(seen) * (1 - NEW_ITEM_SHARE)))]
-    return cutoff if cutoff > seen[0] else None
+    return share_cutoff([t for t in first_seen(data) if math.isfinite(t)], NEW_ITEM_SHARE)
 
 
-def counted_before(data: PlatformData, cutoff: float) -> list[list[int]]:
-    """Each user's training sequence, cut to the interactions before ``cutoff``: what the site's
-    counts held on that day."""
-    out = []
-    for u in range(data.num_users):
-        seq, times = data.train_sequence(u), (data.times or [])[u]
-        out.append([i for i, t in zip(seq, times, strict=False) if t < cutoff])
-    return out
+# Each user's training sequence cut to the interactions before a time: what the site's counts
+# held on that day (the same cut as the time-split validation world's).
+counted_before = training_before
 
 
 def platform_slices(data: PlatformData) -> dict[str, list[int]]:

@@ -36,6 +36,7 @@ from clients.scorer.ease import (
     ease_scores,
     ease_scores_at,
     ease_weights,
+    history_pairs,
 )
 from clients.scorer.private_counts import (
     CountPrivacy,
@@ -58,6 +59,7 @@ KNN_NOISE_THRESHOLD = 3.0
 EASE_NOISE_REGULARISATION = 50.0
 HALF_LIFE = 0.1  # popularity: an interaction's weight halves every 10 % of the training span
 SIGNALS = ("itemknn", "popularity", "ease")
+KNN_CHUNK = 16_384  # history entries per ItemKNN step (x 200 neighbours: ~70 MB at most)
 
 
 @dataclass(frozen=True)
@@ -88,18 +90,28 @@ class CollaborativeIndex:
         if columns is not None:
             return self._scores_at(histories, columns)
         users = len(histories)
-        knn = torch.zeros(users, self.items)
-        for u, history in enumerate(histories):
-            if not history:
-                continue
-            rows = torch.as_tensor(list(history), dtype=torch.long)
-            neighbours, sims = self.neighbours[rows].flatten(), self.similarity[rows].flatten()
-            keep = neighbours >= 0
-            knn[u].index_add_(0, neighbours[keep], sims[keep])
-        out = {"itemknn": knn, "popularity": self.popularity.expand(users, -1).clone()}
+        out = {
+            "itemknn": self._itemknn(histories),
+            "popularity": self.popularity.expand(users, -1).clone(),
+        }
         if self.ease is not None:
             out["ease"] = ease_scores(self.ease, self.ease_rows, histories, self.items)
         return out
+
+    def _itemknn(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[users, items]: the similarities of each history entry's neighbours, summed (in
+        history order, so equal to adding them user by user)."""
+        cells = len(histories) * self.items
+        knn = torch.zeros(cells + 1)  # the last cell takes the "no neighbour" (-1) entries
+        users, rows = history_pairs(histories)
+        for start in range(0, len(rows), KNN_CHUNK):  # bounded memory on long histories
+            part = slice(start, start + KNN_CHUNK)
+            neighbours = self.neighbours[rows[part]]
+            flat = torch.where(
+                neighbours >= 0, users[part].unsqueeze(1) * self.items + neighbours, cells
+            )
+            knn.index_add_(0, flat.flatten(), self.similarity[rows[part]].flatten())
+        return knn[:cells].view(len(histories), self.items)
 
     def _scores_at(
         self, histories: Sequence[Sequence[int]], columns: torch.Tensor

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from clients.scorer.collaborative import CollaborativeIndex, at_rows, build_collaborative_index
+from clients.scorer.ease import history_matrix
 from clients.scorer.private_counts import CountPrivacy
 from shared.data import PlatformData
 from shared.metrics import paired_gain, ranking_metrics, target_ranks, user_ndcg
@@ -111,11 +112,7 @@ def standardise(scores: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
 
 
 def exclusion_mask(histories: Sequence[Sequence[int]], items: int) -> torch.Tensor:
-    mask = torch.zeros(len(histories), items, dtype=torch.bool)
-    for u, history in enumerate(histories):
-        if history:
-            mask[u, list(history)] = True
-    return mask
+    return history_matrix(histories, items, torch.bool)
 
 
 def standardised_signals(

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from clients.scorer import collaborative
 from clients.scorer.collaborative import FORMAT, CollaborativeIndex, build_collaborative_index
 from clients.scorer.fusion import fit_fusion, fuse, simplex_grid, standardise, standardised_signals
 from shared.text import Item
@@ -43,6 +44,26 @@ def test_itemknn_equals_the_brute_force_definition(random_platform):
     for row, history in enumerate(histories):
         expected = brute_force_knn(data.sequences, 32, history)
         torch.testing.assert_close(got[row], torch.tensor(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_itemknn_adds_every_history_entrys_neighbours_also_across_chunks(
+    random_platform, monkeypatch
+):
+    data = random_platform
+    index = build_collaborative_index(data, data.sequences, neighbours=5)  # item 31: none (-1)
+    histories = [data.sequences[0][:6], [], [3, 3, 9], [31], data.sequences[1]]
+    expected = torch.zeros(len(histories), index.items)
+    for u, history in enumerate(histories):
+        for h in history:  # a repeated item counts twice
+            for j, s in zip(
+                index.neighbours[h].tolist(), index.similarity[h].tolist(), strict=True
+            ):
+                if j >= 0:
+                    expected[u, j] += s
+    whole = index.scores(histories)["itemknn"]
+    torch.testing.assert_close(whole, expected, atol=1e-6, rtol=1e-6)
+    monkeypatch.setattr(collaborative, "KNN_CHUNK", 3)  # chunks end inside histories
+    assert torch.equal(index.scores(histories)["itemknn"], whole)
 
 
 def test_top_k_keeps_each_items_most_similar_neighbours(random_platform):

@@ -32,7 +32,7 @@ from shared.adapter import (
 )
 from shared.config import ConfigError, FedxrecConfig
 from shared.model import check_outputs, process_recommender, resolve_encoder
-from shared.process import set_process_defaults
+from shared.process import keep_freed_memory, set_process_defaults
 from shared.records import (
     PERSONALIZE,
     EvaluateInstruction,
@@ -48,6 +48,7 @@ from shared.records import (
 )
 
 set_process_defaults()  # before any model loads: offline, no telemetry
+keep_freed_memory()  # a training process (shared/process.py)
 app = ServerApp()
 
 

@@ -12,9 +12,10 @@ from transformers import BertConfig, BertModel, BertTokenizer
 from shared.config import ModelConfig
 from shared.data import PlatformData, load_platform
 from shared.model import Recommender, build_recommender
-from shared.process import set_process_defaults
+from shared.process import keep_freed_memory, set_process_defaults
 
 set_process_defaults()  # as every fedxrec entry point does
+keep_freed_memory()  # as the training processes do
 FIXTURES = Path(__file__).parent / "fixtures"
 WORDS = "star wars the matrix toy story fargo heat alien babe casablanca categories action sci fi"
 

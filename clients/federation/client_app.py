@@ -32,7 +32,7 @@ from clients.federation.secure_aggregation import (
 )
 from clients.federation.site import Site, site_from_node_config
 from shared.config import FedxrecConfig
-from shared.process import set_process_defaults
+from shared.process import keep_freed_memory, set_process_defaults
 from shared.records import (
     EvaluateInstruction,
     PersonalizeInstruction,
@@ -44,6 +44,7 @@ from shared.records import (
 )
 
 set_process_defaults()  # before any model loads: offline, no telemetry
+keep_freed_memory()  # a training process (shared/process.py)
 app = ClientApp(mods=[secure_mod])
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from clients.scorer.collaborative import CollaborativeIndex, build_collaborative_index
+from clients.scorer.ease import history_matrix
 from shared.data import PlatformData
 from shared.metrics import target_ranks
 
@@ -31,11 +32,7 @@ def _counted(data: PlatformData, counted: Counted) -> list[list[int]]:
 
 def training_matrix(data: PlatformData, counted: Counted = None) -> torch.Tensor:
     """Binary [users, items]: 1 where the item is in the user's training sequence."""
-    matrix = torch.zeros(data.num_users, len(data.items))
-    for u, seq in enumerate(_counted(data, counted)):
-        if seq:
-            matrix[u, seq] = 1.0
-    return matrix
+    return history_matrix(_counted(data, counted), len(data.items))
 
 
 def popularity_scores(

@@ -37,6 +37,7 @@ from clients.scorer.ease import (
     ease_scores_at,
     ease_weights,
     history_pairs,
+    sparse_history_matrix,
 )
 from clients.scorer.private_counts import (
     CountPrivacy,
@@ -292,7 +293,7 @@ def build_collaborative_index(
         return _private_index(
             data, sequences, privacy, fingerprint, neighbours, ease_max_items, seed
         )
-    matrix = _binary_matrix(sequences, items)
+    matrix = sparse_history_matrix(sequences, items)
     gram = (matrix.T @ matrix).tocsr()
     counts = gram.diagonal().astype(np.float32)  # users per item: the matrix is binary
     top, sims = _item_knn(gram, counts, neighbours)
@@ -341,7 +342,7 @@ def _private_index(
         )
     bounded = [[s[p] for p in recent_distinct_positions(s, privacy.max_items)] for s in sequences]
     std = privacy.noise_std
-    gram = noisy_gram(_binary_matrix(bounded, items), std, np.random.default_rng(seed))
+    gram = noisy_gram(sparse_history_matrix(bounded, items), std, np.random.default_rng(seed))
     counts = np.maximum(np.rint(gram.diagonal()), 0.0).astype(np.float32)
     co = sp.csr_matrix(np.where(gram >= KNN_NOISE_THRESHOLD * std, gram, 0.0))
     top, sims = _item_knn(co, np.maximum(counts, std), neighbours)
@@ -356,17 +357,6 @@ def _private_index(
         privacy=privacy.describe(),
         catalogue=catalogue_ids(data.items),
     )
-
-
-def _binary_matrix(sequences: Sequence[Sequence[int]], items: int) -> sp.csr_matrix:
-    """[users, items]: 1 where the user interacted with the item (once, however often)."""
-    rows = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
-    cols = np.fromiter((i for s in sequences for i in s), dtype=np.int64, count=len(rows))
-    matrix = sp.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(sequences), items)
-    )
-    matrix.data[:] = 1.0
-    return matrix
 
 
 def _item_knn(co: sp.csr_matrix, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -87,8 +87,8 @@ def history_matrix(
     return matrix
 
 
-def _sparse_history(histories: Sequence[Sequence[int]], items: int) -> sp.csr_matrix:
-    """``history_matrix`` as a sparse matrix."""
+def sparse_history_matrix(histories: Sequence[Sequence[int]], items: int) -> sp.csr_matrix:
+    """``history_matrix`` as a sparse matrix (an item repeated in a history counts once)."""
     distinct = [sorted(set(h)) for h in histories]
     rows = np.repeat(np.arange(len(distinct)), [len(h) for h in distinct])
     cols = np.fromiter((i for h in distinct for i in h), dtype=np.int64, count=len(rows))
@@ -106,7 +106,7 @@ def ease_scores(
     among ``rows``) times ``weights``, placed at ``rows``; 0 at every other row. ``rows`` None:
     the weights are over the whole catalogue."""
     if rows is None and len(histories) <= SPARSE_USERS:
-        return torch.from_numpy(_sparse_history(histories, items) @ weights.numpy())
+        return torch.from_numpy(sparse_history_matrix(histories, items) @ weights.numpy())
     matrix = history_matrix(histories, items)
     if rows is None:
         return matrix @ weights

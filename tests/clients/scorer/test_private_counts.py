@@ -10,11 +10,8 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from clients.scorer.collaborative import (
-    CollaborativeIndex,
-    _binary_matrix,
-    build_collaborative_index,
-)
+from clients.scorer.collaborative import CollaborativeIndex, build_collaborative_index
+from clients.scorer.ease import sparse_history_matrix
 from clients.scorer.model import load_site_scorer
 from clients.scorer.private_counts import (
     CountPrivacy,
@@ -80,7 +77,7 @@ def test_one_users_change_to_the_released_counts_is_the_sensitivity():
 
     def released(sequences):
         kept = [[s[p] for p in recent_distinct_positions(s, 4)] for s in sequences]
-        m = _binary_matrix(kept, 12)
+        m = sparse_history_matrix(kept, 12)
         return (m.T @ m).toarray()[np.triu_indices(12)]
 
     change = np.linalg.norm(released([*others, heavy]) - released(others))

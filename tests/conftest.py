@@ -40,7 +40,7 @@ def tiny_vocab(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_model_config() -> ModelConfig:
-    return ModelConfig(encoder="tiny-random-bert", max_item_tokens=16, history_items=5)
+    return ModelConfig(encoder="tiny-random-bert", max_item_tokens=16, history_items=5, dim=16)
 
 
 def tiny_bert(vocab: Path) -> tuple[BertTokenizer, BertModel]:
@@ -125,6 +125,7 @@ def tiny_federation_config(encoder: Path, **overrides: object):
         "model.encoder": str(encoder),
         "model.max_item_tokens": 16,
         "model.history_items": 5,
+        "model.dim": 16,
         "train.batch_size": 4,
         "train.steps": 2,
         "train.lora_steps": 1,

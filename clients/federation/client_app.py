@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -68,9 +69,11 @@ def _answer(msg: Message, task: Callable[[], RecordDict]) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of DP training from the message's global adapter; the reply carries the
-    trained adapter (masked, under SecAgg+) and the round's ``TrainingRecord``."""
+    trained tensors (masked, under SecAgg+; not the fixed whitening, which the coordinator set)
+    and the round's ``TrainingRecord``."""
     # torch, transformers, Opacus: imported only by the handlers that need a model
     from clients.federation.site_tasks import train_site
+    from shared.adapter import trained_arrays
 
     secure = is_secure_round(msg)
 
@@ -84,12 +87,11 @@ def train(msg: Message, context: Context) -> Message:
             instruction = TrainInstruction.from_record(msg.content["config"])
         trained = train_site(cfg, site, adapter, instruction, run_id=str(context.run_id))
         report = trained.record.to_record()  # its `users` are the site's FedAvg weight
+        update = trained_arrays(trained.adapter)  # the fixed whitening stays: nothing to add
         if secure:
-            check_clipping_range(trained.adapter, cfg.federation.secagg_clipping_range)
-            return legacy_fit_reply(trained.adapter, trained.record.users, report)
-        return RecordDict(
-            {"arrays": to_array_record(trained.adapter), "metrics": MetricRecord(report)}
-        )
+            check_clipping_range(update, cfg.federation.secagg_clipping_range)
+            return legacy_fit_reply(update, trained.record.users, report)
+        return RecordDict({"arrays": to_array_record(update), "metrics": MetricRecord(report)})
 
     return _answer(msg, task)
 
@@ -139,12 +141,20 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Who this node is: the coordinator labels per-platform results with it."""
+    """Who this node is (the coordinator labels per-platform results with it) and the moments of
+    its public catalogue's text vectors (the coordinator pools them into the whitening)."""
+    from clients.federation.site_tasks import describe_catalogue
 
     def task() -> RecordDict:
         cfg, site = _site(context)
         data = site.load_data(cfg)
         info = SiteInfo(platform=site.platform, users=data.num_users, items=len(data.items))
-        return RecordDict({"info": ConfigRecord(info.to_record())})
+        moments = describe_catalogue(cfg, data).to_arrays()
+        return RecordDict(
+            {
+                "info": ConfigRecord(info.to_record()),
+                "catalogue": to_array_record(moments, dtype=np.float64),
+            }
+        )
 
     return _answer(msg, task)

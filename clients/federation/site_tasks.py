@@ -28,6 +28,7 @@ from shared.data import PlatformData
 from shared.metrics import paired_gain, user_ndcg
 from shared.model import Recommender, pick_device, process_recommender, resolve_encoder
 from shared.records import PersonalChoice, PersonalizeInstruction, TrainingRecord, TrainInstruction
+from shared.whitening import CatalogueMoments, catalogue_moments, sample_rows
 
 Adapter = OrderedDict[str, np.ndarray]
 LOCK_FILE = "training.lock"
@@ -236,6 +237,17 @@ def _exclusive(path: Path) -> Iterator[None]:
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, even if we crash
         yield
+
+
+def describe_catalogue(cfg: FedxrecConfig, data: PlatformData) -> CatalogueMoments:
+    """The moments of the site's catalogue text vectors under the base encoder (no LoRA): what
+    the coordinator pools into the federation's whitening (shared/whitening.py). Item texts are
+    public; no user's data enters them."""
+    rec = process_recommender(cfg.model, device=pick_device(cfg.train.device))
+    texts = [data.item_texts[i] for i in sample_rows(len(data.items))]
+    with rec.model.peft_model.disable_adapter():
+        vectors = rec.encode(texts, cfg.model.max_item_tokens)
+    return catalogue_moments(vectors)
 
 
 def evaluate_site(

@@ -35,7 +35,7 @@ from clients.federation.examples import UserBatch, build_batch, trainable_users
 from clients.federation.gradients import (
     DPStep,
     add_noise,
-    clipped_head_sums,
+    clipped_gradient_sums,
     per_user_gradients,
     privatize_gradients,
     user_losses,
@@ -47,14 +47,20 @@ from shared.model import Recommender
 from shared.records import TrainingRecord
 
 Progress = Callable[[str], None]
-__all__ = ["train_round", "trainable_users", "user_losses"]
+__all__ = [
+    "per_user_gradients",
+    "privatize_gradients",
+    "train_round",
+    "trainable_users",
+    "user_losses",
+]
 
 
 def set_gradients(
     rec: Recommender,
     data: PlatformData,
     batch: UserBatch,
-    item_vectors: torch.Tensor,
+    text_vectors: torch.Tensor,
     trained: list[nn.Parameter],
     *,
     dp: DPStep | None,
@@ -62,32 +68,26 @@ def set_gradients(
 ) -> torch.Tensor:
     """Set ``.grad`` of every ``trained`` tensor for one step; returns the per-user losses.
 
-    Without DP: the mean of the users' losses, back-propagated. With DP: per-user gradients,
-    clipped, summed, noised and divided by the expected batch size (``hooked``: the encoder under
-    Opacus' hooks, for a LoRA step).
+    ``text_vectors`` are the catalogue's frozen text vectors. Without DP: the mean of the users'
+    losses, back-propagated. With DP: per-user gradients, clipped, summed, noised and divided by
+    the expected batch size (``hooked``: the encoder under Opacus' hooks, for a LoRA step).
     """
     if dp is None:
         if not len(batch):
             return torch.zeros(0)
-        losses = user_losses(rec, data, batch, item_vectors)
+        losses = user_losses(rec, data, batch, text_vectors)
         losses.mean().backward()
         return losses.detach()
-    noise = {
-        "max_grad_norm": dp.max_grad_norm,
-        "noise_multiplier": dp.noise_multiplier,
-        "expected_batch_size": dp.expected_batch_size,
-        "generator": dp.generator,
-    }
-    if len(batch) and not batch.fresh_rows and set(trained) == set(rec.head.parameters()):
-        sums, losses = clipped_head_sums(rec, batch, item_vectors, dp.max_grad_norm)
-        noisy = add_noise({p: sums[p] for p in trained}, **noise)
-    else:
-        if len(batch):
-            per_user, losses = per_user_gradients(rec, data, batch, item_vectors, hooked)
-        else:
-            per_user = {p: p.new_zeros((0, *p.shape)) for p in trained}
-            losses = torch.zeros(0)
-        noisy = privatize_gradients({p: per_user[p] for p in trained}, **noise)
+    sums, losses = clipped_gradient_sums(
+        rec, data, batch, text_vectors, trained, dp.max_grad_norm, hooked
+    )
+    noisy = add_noise(
+        sums,
+        max_grad_norm=dp.max_grad_norm,
+        noise_multiplier=dp.noise_multiplier,
+        expected_batch_size=dp.expected_batch_size,
+        generator=dp.generator,
+    )
     for p, g in noisy.items():
         p.grad = g
     return losses
@@ -126,15 +126,15 @@ def train_round(
     server_round: int = 1,
     rounds_left: int = 1,
     progress: Progress | None = None,
-    item_vectors: torch.Tensor | None = None,
+    text_vectors: torch.Tensor | None = None,
     steps: int | None = None,
     lora_steps: int | None = None,
     reproducible: bool = False,
 ) -> TrainingRecord:
     """Train ``rec``'s head (and LoRA) in place for one round; returns what the reply reports.
 
-    ``item_vectors`` are the catalogue's vectors under the round's global model, if the caller has
-    them already; they are computed here otherwise. ``steps``/``lora_steps`` override the round's
+    ``text_vectors`` are the catalogue's text vectors under the round's global model, if the
+    caller has them already; they are computed here otherwise. ``steps``/``lora_steps`` override the round's
     (personalisation uses them). The run's σ is chosen at its first round for every step still
     planned: ``rounds_left`` rounds of ``train.steps`` plus ``train.personalize_steps``.
 
@@ -161,8 +161,8 @@ def train_round(
     )
     rng = random.Random(seed)
     noise_rng = torch.Generator(device=rec.device).manual_seed(rng.randrange(2**62))
-    if item_vectors is None:
-        item_vectors = rec.catalogue_vectors(data.item_texts)  # the round's frozen global model
+    if text_vectors is None:
+        text_vectors = rec.catalogue_text_vectors(data.item_texts)  # the round's global model
     head_params = list(rec.head.parameters())
     lora_params = [p for p in rec.model.parameters() if p.requires_grad]
     groups = [{"params": head_params, "lr": tc.learning_rate}]
@@ -184,6 +184,7 @@ def train_round(
     total_loss, examples = 0.0, 0
     report_every = max(1, steps // 5)
     rec.model.train()  # dropout is off in our encoder config; Opacus' hooks need train mode
+    rec.head.train()  # the transformer's dropout (model.dropout), on while training only
     with ExitStack() as stack:
         hooked = stack.enter_context(encoder_row_gradients(rec)) if pc.enabled and lora_at else None
         for step in range(1, steps + 1):
@@ -192,15 +193,13 @@ def train_round(
             batch = build_batch(
                 data,
                 chosen,
-                rng,
-                positions=tc.positions,
-                history_items=rec.config.history_items,
+                window=rec.config.history_items,
                 lora_items=tc.lora_items if with_lora else 0,
             ).to(rec.device)
             optimizer.zero_grad(set_to_none=True)
             trained = head_params + (lora_params if with_lora else [])
             dp = DPStep(pc.max_grad_norm, sigma, batch_size, noise_rng) if pc.enabled else None
-            losses = set_gradients(rec, data, batch, item_vectors, trained, dp=dp, hooked=hooked)
+            losses = set_gradients(rec, data, batch, text_vectors, trained, dp=dp, hooked=hooked)
             optimizer.step()
             total_loss += float(losses.detach().sum())
             examples += len(chosen)
@@ -212,6 +211,7 @@ def train_round(
                 )
     optimizer.zero_grad(set_to_none=True)
     rec.model.eval()
+    rec.head.eval()
     return TrainingRecord(
         loss=total_loss / max(examples, 1),
         epsilon=epsilon,

@@ -1,7 +1,7 @@
-"""A site's catalogue as vectors: encoded with the (adapted) encoder, cached on disk.
+"""A site's catalogue as vectors: the model's item vectors (the adapted encoder, then the head's
+adaptor), cached on disk.
 
-Vectors are L2-normalised float32 rows, one per catalogue item in catalogue order, kept on the
-scoring device. Encoding sorts the texts by length so each batch pads to its own longest text (no
+Vectors are float32 rows, one per catalogue item in catalogue order, kept on the scoring device. Encoding sorts the texts by length so each batch pads to its own longest text (no
 padding waste), and shows a progress bar when it takes more than a couple of seconds.
 
 Cache: one safetensors file per model fingerprint (encoder weights + tokenizer, adapter, token
@@ -49,7 +49,7 @@ class UnknownItemError(ValueError):
 @dataclass(frozen=True)
 class ItemIndex:
     items: Sequence[Item]
-    vectors: torch.Tensor  # [items, dim] float32, L2-normalised, on the scoring device
+    vectors: torch.Tensor  # [items, dim] float32 item vectors, on the scoring device
     catalogue_hash: str
     model_fingerprint: str
     encoded: int  # items encoded while building this index; the others came from the cache
@@ -123,7 +123,7 @@ def encode_texts(
     progress: bool = True,
     desc: str = "encoding items",
 ) -> torch.Tensor:
-    """Vectors of ``texts`` (float32, on ``rec.device``), shortest texts batched together.
+    """Item vectors of ``texts`` (float32, on ``rec.device``), shortest texts batched together.
 
     ``Recommender.encode`` groups by length within one call; the texts are sorted here once and
     fed in slices of a few batches so a progress bar can follow a long catalogue.
@@ -145,7 +145,7 @@ def encode_texts(
         for start in range(0, len(order), slice_size):
             rows = order[start : start + slice_size]
             vectors = rec.encode([texts[i] for i in rows], max_tokens, batch_size=batch_size)
-            out[torch.tensor(rows, device=rec.device)] = vectors
+            out[torch.tensor(rows, device=rec.device)] = rec.item_vectors(vectors)
             bar.update(len(rows))
     return out
 

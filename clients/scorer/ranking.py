@@ -1,8 +1,8 @@
 """Exact top-K over a site's catalogue for a user's history, and why each item was recommended.
 
-Score: the dot product of the user vector (the sequence head over the vectors of the user's most
-recent items, exactly as in training: shared/head.py) and the item vector (the encoder over the item
-text, L2-normalised), as the model ranks in training and evaluation.
+Score: the dot product of the user vector (the transformer over the item vectors of the user's most
+recent items, exactly as in training: shared/head.py) and the item vector (the encoder over the
+item text, then the head's adaptor), as the model ranks in training and evaluation.
 
 Search is brute force in float32 on the scoring device, so results are exact (no approximate
 index); a catalogue larger than the device's memory can stay on the host and is streamed through
@@ -10,12 +10,12 @@ the device in chunks, keeping a running top-K. Items with equal scores are liste
 order (which of several items tied at the K-th place gets in is not specified).
 
 Explanation ("because"): for a recommended item r and each history item h, the cosine similarity
-of their item vectors, v_h · v_r; the ``explain_top`` history items with the highest similarity
-are reported, best first. It answers "which of the things you interacted with is this most like"
-in the same vector space as the score. It is an attribution aid, not an exact decomposition: the
-score comes from the head's learned pooling and transform of the history, not from a sum of
-similarities. A free-text history is ';'-separated item texts, most recent first, each encoded like
-an item text; the head reads their vectors as it reads catalogue items'.
+of their item vectors, v_h · v_r / (‖v_h‖ ‖v_r‖); the ``explain_top`` history items with the
+highest similarity are reported, best first. It answers "which of the things you interacted with
+is this most like" in the same vector space as the score. It is an attribution aid, not an exact
+decomposition: the score comes from the transformer's reading of the whole history, not from a
+sum of similarities. A free-text history is ';'-separated item texts, most recent first, each
+encoded like an item text; the head reads their vectors as it reads catalogue items'.
 """
 
 from __future__ import annotations
@@ -306,7 +306,11 @@ def _explained(
     if not kept:
         return []
     rec_rows = torch.tensor([r for _, r in kept], device=index.vectors.device)
-    similarity = index.vectors[rec_rows] @ evidence_vectors.to(index.vectors.device).T
+    unit = torch.nn.functional.normalize
+    similarity = (
+        unit(index.vectors[rec_rows].float(), dim=-1)
+        @ unit(evidence_vectors.to(index.vectors.device).float(), dim=-1).T
+    )
     top = min(explain_top, len(labels))
     sims, which = similarity.topk(top, dim=1) if top else (similarity[:, :0], similarity[:, :0])
     sims_host, which_host = sims.cpu().tolist(), which.long().cpu().tolist()

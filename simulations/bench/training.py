@@ -1,10 +1,11 @@
 """Training benchmark, measured side by side in one run:
 
-- bytes of one adapter upload (LoRA + sequence head) ÷ bytes of the full encoder (target ≤ 1 %);
+- bytes of one adapter upload (LoRA + the head's trained tensors) ÷ bytes of the full encoder
+  (target ≤ 1 %);
 - DP-SGD examples/s ÷ non-private examples/s of the training step, same model, same batches, for
-  both kinds of step: head steps over the round's cached item vectors, and LoRA steps that also
+  both kinds of step: head steps over the round's cached text vectors, and LoRA steps that also
   encode each user's most recent items with gradient (per-user gradients: ``torch.func`` for the
-  head, Opacus' hooks per encoder row for the LoRA).
+  head, the catalogue path included; Opacus' hooks per encoder row for the LoRA).
 
 Run: ``python -m simulations.bench.training [--steps N] [--batch-size B] [--device auto|cpu|cuda]``.
 DP and non-private steps alternate, so machine noise hits both alike. What it prints is also
@@ -29,7 +30,7 @@ import torch
 
 from clients.federation.examples import UserBatch, build_batch, trainable_users
 from clients.federation.training import DPStep, encoder_row_gradients, set_gradients
-from shared.adapter import adapter_nbytes, get_adapter_arrays, save_adapter
+from shared.adapter import adapter_nbytes, get_adapter_arrays, save_adapter, trained_arrays
 from shared.config import FedxrecConfig, ModelConfig
 from shared.data import PlatformData, build_platform
 from shared.model import Recommender, build_recommender, pick_device
@@ -55,6 +56,7 @@ def _time_steps(
         trained += [p for p in rec.model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trained, lr=1e-3)
     rec.model.train()
+    rec.head.train()
     start = time.perf_counter()
     with encoder_row_gradients(rec) if dp is not None and lora else nullcontext() as hooked:
         for batch in batches:
@@ -84,16 +86,14 @@ def measure_throughput(
         build_batch(
             data,
             rng.sample(users, min(batch_size, len(users))),
-            rng,
-            positions=train.positions,
-            history_items=ModelConfig().history_items,
+            window=ModelConfig().history_items,
             lora_items=train.lora_items if lora else 0,
         ).to(device)
         for _ in range(steps)
     ]
     cfg = ModelConfig(encoder=encoder)
     plain, private = build_recommender(cfg, device=device), build_recommender(cfg, device=device)
-    vectors = plain.encode_items(data.item_texts)
+    vectors = plain.catalogue_text_vectors(data.item_texts)
     dp = DPStep(1.0, 1.0, float(batch_size), torch.Generator(device=device).manual_seed(0))
     _time_steps(plain, data, batches[:1], vectors, None, lora)  # warm-up both
     _time_steps(private, data, batches[:1], vectors, dp, lora)
@@ -110,20 +110,21 @@ def measure_sizes(encoder: str = "") -> tuple[int, int, int]:
     cfg = ModelConfig(encoder=encoder)
     rec = build_recommender(cfg)
     arrays = get_adapter_arrays(rec)
+    upload = trained_arrays(arrays)
     base = rec.model.encoder.get_base_model()
     lora_bytes = sum(a.nbytes for k, a in arrays.items() if not k.startswith("head."))
     encoder_bytes = 4 * sum(p.numel() for p in base.parameters()) - lora_bytes
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_adapter(arrays, cfg, Path(tmp) / "a")
         file_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-    return adapter_nbytes(arrays), file_bytes, encoder_bytes
+    return adapter_nbytes(upload), file_bytes, encoder_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="steps per timed run (default 6)")
     parser.add_argument(
-        "--batch-size", type=int, default=256, help="users per step (default 256, the default)"
+        "--batch-size", type=int, default=512, help="users per step (default 512, the default)"
     )
     parser.add_argument("--repeats", type=int, default=2, help="alternating timed runs (default 2)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

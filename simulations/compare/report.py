@@ -105,8 +105,10 @@ def render_report(results: ComparisonResults, plots: dict[str, str]) -> str:
         f"- Training: {cfg['federation.rounds']} rounds of {cfg['train.steps']} steps "
         f"({cfg['train.lora_steps']} with LoRA), expected batch {cfg['train.batch_size']} users, "
         f"lr {cfg['train.learning_rate']} (LoRA {cfg['train.lora_learning_rate']}), "
-        f"{cfg['train.positions']} pairs per user, sequence head over the last "
-        f"{cfg['model.history_items']} items, LoRA r={cfg['model.lora_r']} on "
+        f"then {cfg['train.personalize_steps']} personalisation steps; a causal transformer "
+        f"({cfg['model.blocks']} blocks, width {cfg['model.dim']}, {cfg['model.heads']} head(s), "
+        f"dropout {cfg['model.dropout']}) over the last {cfg['model.history_items']} items, "
+        f"LoRA r={cfg['model.lora_r']} on "
         f"{cfg['model.target_modules']}, encoder {cfg['model.encoder'] or 'all-MiniLM-L6-v2'}, "
         f"max users/platform {cfg['data.max_users'] or 'all'}"
         + (" (**--quick subset**)" if results.quick else "")

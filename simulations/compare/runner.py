@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from clients.federation.site_tasks import describe_catalogue
 from clients.federation.training import trainable_users
 from shared.adapter import initial_adapter
 from shared.config import FedxrecConfig
 from shared.data import PlatformData
+from shared.whitening import whitening_arrays
 from simulations.baselines import BASELINES, Scorer, baseline_ranks
 from simulations.compare.data import (
     apart_metrics,
@@ -189,11 +191,15 @@ class Experiment:
         self._record(self._run_record(name, None, None, start, test, ranks, rounds=[]))
 
     def _zero_shot(self) -> None:
-        """The pretrained encoder: a fresh adapter is the identity (LoRA B = 0)."""
+        """The untrained model: the pretrained encoder (LoRA B = 0), a fresh head with each
+        platform's own catalogue whitening (what a site alone starts from)."""
         start = time.perf_counter()
-        initial = initial_adapter(self.plan.cfg.model, self.plan.seeds[0])
-        round_zero = {p.name: self.evaluator.validation_ndcg(initial, p) for p in self.platforms}
-        tested = self.evaluator.test(initial, self.platforms, hybrid=True)
+        cfg, round_zero, tested = self.plan.cfg, {}, Tested()
+        for data in self.platforms:
+            whitening = whitening_arrays(describe_catalogue(cfg, data))
+            initial = initial_adapter(cfg.model, self.plan.seeds[0], whitening)
+            round_zero[data.name] = self.evaluator.validation_ndcg(initial, data)
+            tested.update(self.evaluator.test(initial, [data], hybrid=True))
         rounds = [RoundRecord(0, validation_ndcg=round_zero)]  # every curve starts here
         self._record_tested(M.ZERO_SHOT, None, None, start, tested, rounds)
 

@@ -2,6 +2,7 @@
 ClientApp of two sites (their own data, state and privacy ledgers on disk)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,10 @@ from server.aggregation import fedavg
 from server.checkpoint import Checkpoint
 from server.server_app import Coordinator
 from shared.adapter import read_adapter
+from shared.data import load_platform
+from shared.model import build_recommender
 from shared.records import PERSONALIZE, TrainingRecord, from_array_record, to_array_record
+from shared.whitening import CatalogueMoments, catalogue_moments
 from simulations.inprocess import InProcessGrid
 from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import tiny_federation_config, write_synthetic_site
@@ -121,8 +125,10 @@ def _tensors(arrays: dict[str, np.ndarray]) -> set[tuple[str, bytes]]:
 
 
 def test_only_global_models_and_the_sites_dp_releases_cross_the_wire(federation):
-    """Every tensor in every message, either way, is a round's global model or what a site
-    released under DP (its kept copy); the personal model stays on the site's disk."""
+    """Every tensor in every message, either way, is a round's global model, what a site
+    released under DP (its kept copy) or the moments of a site's public catalogue text (no
+    user's data: the same as from the items file alone); the personal model stays on the site's
+    disk."""
     cfg, grid, root = federation
     Coordinator(grid, cfg, Context(3, 0, {}, RecordDict(), cfg.to_flat())).run()
     out = root / "out"
@@ -134,10 +140,23 @@ def test_only_global_models_and_the_sites_dp_releases_cross_the_wire(federation)
     for folder in releases:
         allowed |= _tensors(read_adapter(folder))
     wire: set[tuple[str, bytes]] = set()
+    catalogues = []
     for msg in [*grid.sent, *grid.received]:
-        for record in msg.content.array_records.values():
-            wire |= _tensors(from_array_record(record))
+        for name, record in msg.content.array_records.items():
+            if name == "catalogue":
+                catalogues.append((msg.metadata.src_node_id, from_array_record(record)))
+            else:
+                wire |= _tensors(from_array_record(record))
     assert wire and wire <= allowed
+    assert {node for node, _ in catalogues} == set(grid.sites)
+    rec = build_recommender(cfg.model)
+    for node, moments in catalogues:
+        data = load_platform(Path(grid.sites[node].node_config["data-path"]), "site")
+        with rec.model.peft_model.disable_adapter():
+            expected = catalogue_moments(rec.encode(data.item_texts, cfg.model.max_item_tokens))
+        got = CatalogueMoments.from_arrays(moments)
+        assert got.items == expected.items == len(data.items)
+        np.testing.assert_allclose(got.covariance, expected.covariance, atol=1e-6)
     for name in ("books", "films"):
         personal = _tensors(read_adapter(root / "state" / name / "personal"))
         assert not (personal - allowed) & wire
@@ -179,6 +198,7 @@ def test_the_coordinator_refuses_an_aggregate_with_absurd_weights(federation):
 
     good = get_adapter_arrays(build_recommender(cfg.model))
     assert coordinator._sane(to_array_record(good), 1)
-    noise = np.random.default_rng(0).standard_normal(good["head.transform"].shape)
-    broken = dict(good, **{"head.transform": (1e9 * noise).astype(np.float32)})
+    weight = "head.adaptor.linear.weight"
+    noise = np.random.default_rng(0).standard_normal(good[weight].shape)
+    broken = dict(good, **{weight: (1e9 * noise).astype(np.float32)})
     assert not coordinator._sane(to_array_record(broken), 1)

@@ -56,8 +56,26 @@ def test_old_lora_only_adapter_gets_a_clear_error(tmp_path, tiny_rec, tiny_model
     with pytest.raises(AdapterError, match="no head.safetensors: it is a LoRA-only adapter"):
         read_adapter(folder)
     lora_only = {k: v for k, v in get_adapter_arrays(tiny_rec).items() if not k.startswith("head.")}
-    with pytest.raises(AdapterError, match="no sequence head"):
+    with pytest.raises(AdapterError, match="no head"):
         set_adapter_arrays(tiny_rec, lora_only)  # an old site's message
+    pooling = dict(lora_only, **{"head.recency": np.zeros(5, np.float32)})
+    with pytest.raises(AdapterError, match="pooling head of an older fedxrec"):
+        set_adapter_arrays(tiny_rec, pooling)  # the head before the transformer
+
+
+def test_sites_send_what_they_train_and_the_whitening_goes_back(tiny_rec):
+    from shared.adapter import FIXED, trained_arrays, with_fixed
+
+    arrays = get_adapter_arrays(tiny_rec)
+    assert set(FIXED) <= set(arrays)
+    sent = trained_arrays(arrays)
+    assert not set(FIXED) & set(sent)
+    assert set(sent) == {k for k in arrays if k not in FIXED}
+    whole = with_fixed(sent, arrays)
+    assert list(whole) == list(arrays)
+    assert all(np.array_equal(whole[k], arrays[k]) for k in arrays)
+    with pytest.raises(AdapterError, match="lacks"):
+        with_fixed({k: v for k, v in sent.items() if k != "head.start"}, arrays)
 
 
 def test_corrupt_or_misshapen_head_is_refused(tmp_path, tiny_rec, tiny_model_config):
@@ -65,7 +83,7 @@ def test_corrupt_or_misshapen_head_is_refused(tmp_path, tiny_rec, tiny_model_con
 
     folder = save_adapter(get_adapter_arrays(tiny_rec), tiny_model_config, tmp_path / "a")
     longer = make_tiny_recommender_like(tiny_rec, replace(tiny_model_config, history_items=9))
-    with pytest.raises(AdapterError, match="head.recency.*model.history_items"):
+    with pytest.raises(AdapterError, match="head.slots.*model.history_items"):
         load_adapter(longer, folder)
     (folder / "head.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(AdapterError, match="head.safetensors is corrupt"):

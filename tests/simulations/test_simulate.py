@@ -101,9 +101,11 @@ def test_global_adapter_changed_and_loads_with_peft(simulation):
     histories = [data.split(u, "test")[0] for u in range(3)]
     with torch.no_grad():
         ours_items = ours.encode_items(data.item_texts)
-        items = theirs(**ours.tokenize(data.item_texts, cfg.max_item_tokens))
-        torch.testing.assert_close(items, ours_items, atol=1e-5, rtol=1e-4)  # peft's own LoRA
-        # the head beside it, over peft's item vectors, ranks as fedxrec does
+        texts = theirs(**ours.tokenize(data.item_texts, cfg.max_item_tokens))
+        ours_texts = ours.encode(data.item_texts, cfg.max_item_tokens)
+        torch.testing.assert_close(texts, ours_texts, atol=1e-5, rtol=1e-4)  # peft's own LoRA
+        # the head beside it, over peft's text vectors, ranks as fedxrec does
+        items = ours.item_vectors(texts)
         torch.testing.assert_close(
             ours.scores(histories, items), ours.scores(histories, ours_items), atol=1e-4, rtol=1e-4
         )

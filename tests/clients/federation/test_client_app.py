@@ -9,10 +9,11 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients.federation import client_app
 from clients.scorer.collaborative import build_collaborative_index
-from shared.adapter import get_adapter_arrays
+from shared.adapter import get_adapter_arrays, trained_arrays, with_fixed
 from shared.data import load_platform
 from shared.model import build_recommender, load_base_encoder, load_tokenizer
 from shared.records import PERSONALIZE, TrainingRecord, from_array_record, to_array_record
+from shared.whitening import CatalogueMoments, catalogue_moments
 from tests.clients.scorer.support import save_tiny_encoder
 from tests.conftest import tiny_federation_config, write_synthetic_site
 
@@ -54,8 +55,9 @@ def test_a_site_sends_its_adapter_and_aggregates_never_its_local_statistics(site
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     assert set(reply.content.keys()) == {"arrays", "metrics"}
     sent = from_array_record(reply.content["arrays"])
-    assert list(sent) == list(adapter)  # the LoRA and the head, nothing else
-    assert all(sent[k].shape == adapter[k].shape for k in adapter)
+    # the LoRA and the head's trained tensors, nothing else (not even the fixed whitening)
+    assert list(sent) == list(trained_arrays(adapter))
+    assert all(sent[k].shape == adapter[k].shape for k in sent)
     # the metrics are the round's aggregates, each a scalar: no vector of counts can hide there
     assert TrainingRecord.from_record(reply.content["metrics"]).users == 12
     assert set(reply.content["metrics"]) == {f.name for f in dataclasses.fields(TrainingRecord)}
@@ -63,7 +65,7 @@ def test_a_site_sends_its_adapter_and_aggregates_never_its_local_statistics(site
 
     personal_in = RecordDict(
         {
-            "arrays": to_array_record(sent),
+            "arrays": to_array_record(with_fixed(sent, adapter)),
             "config": ConfigRecord({"server_round": 2, "validation_users": 5}),
         }
     )
@@ -74,12 +76,23 @@ def test_a_site_sends_its_adapter_and_aggregates_never_its_local_statistics(site
         assert all(np.ndim(v) == 0 for v in record.values())
 
     eval_in = RecordDict(
-        {"arrays": to_array_record(sent), "config": ConfigRecord({"splits": "validation,test"})}
+        {
+            "arrays": to_array_record(with_fixed(sent, adapter)),
+            "config": ConfigRecord({"splits": "validation,test"}),
+        }
     )
     reply = client_app.evaluate(_message(eval_in, MessageType.EVALUATE), context)
     assert set(reply.content.keys()) == {"validation", "test"}
     for record in reply.content.values():
         assert all(np.ndim(v) == 0 for v in record.values())
     reply = client_app.query(_message(RecordDict(), MessageType.QUERY), context)
-    assert set(reply.content.keys()) == {"info"}
+    assert set(reply.content.keys()) == {"info", "catalogue"}
     assert all(np.ndim(v) == 0 for v in reply.content["info"].values())
+    # the catalogue's moments are those of its item texts alone: no user's data is in them
+    moments = CatalogueMoments.from_arrays(from_array_record(reply.content["catalogue"]))
+    with rec.model.peft_model.disable_adapter():
+        texts = rec.encode(data.item_texts, cfg.model.max_item_tokens)
+    expected = catalogue_moments(texts)
+    assert moments.items == len(data.items)
+    np.testing.assert_allclose(moments.mean, expected.mean, atol=1e-6)
+    np.testing.assert_allclose(moments.covariance, expected.covariance, atol=1e-6)

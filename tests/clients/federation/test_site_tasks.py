@@ -9,18 +9,18 @@ from shared.adapter import get_adapter_arrays
 
 @pytest.fixture
 def two_models(tiny_rec):
-    """The global model and a fine-tune that differs from it in the head's prior only."""
+    """The global model and a fine-tune that differs from it in the start vector only."""
     global_arrays = get_adapter_arrays(tiny_rec)
     personal = {k: v.copy() for k, v in global_arrays.items()}
-    personal["head.prior"][0] = 1.0
+    personal["head.start"][0] = 1.0
     return global_arrays, personal
 
 
 def _ranks_by_prior(per_user):
-    """A stand-in ranking: each user's rank is a function of the prior the model now holds."""
+    """A stand-in ranking: each user's rank is a function of the start vector the model holds."""
 
     def split_ranks(rec, data, split, users, vectors):
-        share = float(rec.head.prior[0])  # 0 for the global model, 1 for the fine-tune
+        share = float(rec.head.start[0])  # 0 for the global model, 1 for the fine-tune
         return [per_user(u, share) for u in users]
 
     return split_ranks
@@ -33,8 +33,8 @@ def test_a_clear_gain_keeps_the_fine_tune(tiny_rec, tiny_platform, two_models, m
     kept, choice = site_tasks.choose_personal_mix(tiny_rec, tiny_platform, *two_models, 1.645)
     assert choice.mix == 0.75  # the first mix past the change; more of it gains nothing
     assert choice.validation_gain == pytest.approx(1.0) and choice.users == tiny_platform.num_users
-    assert kept["head.prior"][0] == pytest.approx(0.75)
-    assert float(tiny_rec.head.prior[0]) == pytest.approx(0.75)  # the model holds what is kept
+    assert kept["head.start"][0] == pytest.approx(0.75)
+    assert float(tiny_rec.head.start[0]) == pytest.approx(0.75)  # the model holds what is kept
 
 
 def test_a_gain_within_noise_keeps_the_global_model(

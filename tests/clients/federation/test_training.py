@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from clients.federation.examples import build_batch, pair_positions
+from clients.federation.examples import NO_TARGET, build_batch
 from clients.federation.training import (
     DPStep,
     encoder_row_gradients,
@@ -26,15 +26,8 @@ def platform(tiny_platform):
     return PlatformData("longer", items, [f"u{i}" for i in range(5)], sequences)
 
 
-def _batch(data, users, *, lora_items=0, positions=4, seed=0, history_items=None):
-    return build_batch(
-        data,
-        users,
-        random.Random(seed),
-        positions=positions,
-        history_items=history_items or 3,
-        lora_items=lora_items,
-    )
+def _batch(data, users, *, lora_items=0, window=3):
+    return build_batch(data, users, window=window, lora_items=lora_items)
 
 
 def _perturb(rec, scale=0.1, seed=0):
@@ -50,23 +43,21 @@ def _trainable(rec):
     return [p for p in [*rec.head.parameters(), *rec.model.parameters()] if p.requires_grad]
 
 
-def test_pairs_are_inside_the_training_history(platform):
+def test_an_example_is_the_recent_window_and_the_item_after_each_slot(platform):
     data = platform
     users = [0, 2, 3]
-    batch = _batch(data, users, lora_items=2, positions=3)
+    batch = _batch(data, users, lora_items=2, window=3)
     for row, u in enumerate(users):
         train = data.train_sequence(u)
-        used = batch.valid[row].nonzero().flatten().tolist()
-        assert used, "every user has at least its most recent pair"
-        last = used[-1]
-        assert batch.targets[row, last] == train[-1]  # the most recent pair is always used
-        for col in used:
-            target = int(batch.targets[row, col])
-            j = max(i for i in range(1, len(train)) if train[i] == target)
-            window = batch.windows[row, col][batch.window_mask[row, col]].tolist()
-            assert window == train[max(0, j - 3) : j][::-1]  # most recent first, N = 3
-            seen = [i for i in batch.seen[row, col].tolist() if i < len(data.items)]
-            assert target not in seen and set(seen) == set(train[:j]) - {target}
+        inputs = batch.rows[row][batch.mask[row]].tolist()
+        assert inputs == train[:-1][-3:]  # the window before the most recent item, oldest first
+        assert batch.mask[row].tolist()[-1]  # right-aligned: the most recent input is last
+        targets = [t for t in batch.targets[row].tolist() if t != NO_TARGET]
+        # each input slot predicts the item after it; the start slot the first, unless the
+        # window cut earlier items off
+        expected = train[-len(inputs) :] if len(train) - 1 > 3 else train
+        assert targets == expected
+        assert batch.targets[row, -1] == train[-1]  # the last slot predicts the latest item
         fresh = [
             batch.fresh_rows[s]
             for s in batch.fresh_slots[row].tolist()
@@ -75,11 +66,18 @@ def test_pairs_are_inside_the_training_history(platform):
         assert fresh == train[-3:-1][::-1]  # the items just before the most recent target
 
 
-def test_positions_keep_the_last_pair_and_sample_the_rest():
-    rng = random.Random(0)
-    assert pair_positions(3, 8, rng) == [1, 2]
-    chosen = pair_positions(100, 8, rng)
-    assert len(chosen) == 8 and chosen[-1] == 99 and len(set(chosen)) == 8
+def test_a_short_history_fills_the_window_from_the_right(platform):
+    data = platform
+    short = PlatformDataWith(data, [[4, 1, 6, 2]])  # training history: 4, 1
+    batch = _batch(short, [0], window=3)
+    assert batch.rows[0].tolist() == [0, 0, 4] and batch.mask[0].tolist() == [False, False, True]
+    assert batch.targets[0].tolist() == [NO_TARGET, NO_TARGET, 4, 1]  # start → 4, 4 → 1
+
+
+def PlatformDataWith(data, sequences):  # noqa: N802 - a tiny factory, read as a constructor
+    from shared.data import PlatformData
+
+    return PlatformData("short", data.items, [f"s{i}" for i in range(len(sequences))], sequences)
 
 
 def test_lora_steps_are_spread_over_the_round():
@@ -91,7 +89,7 @@ def test_lora_steps_are_spread_over_the_round():
 def test_loss_of_one_user_ignores_the_rest_of_its_batch(tiny_rec, platform):
     data = platform
     _perturb(tiny_rec)
-    items = tiny_rec.encode_items(data.item_texts)
+    items = tiny_rec.catalogue_text_vectors(data.item_texts)
     for lora_items in (0, 2):
         losses = {}
         for others in ([], [1, 3], [2, 4, 3]):
@@ -106,7 +104,7 @@ def test_per_user_gradients_are_each_users_own(tiny_rec, platform):
     hooks summed per user) equals the gradient of that user's loss alone."""
     data, rec = platform, tiny_rec
     _perturb(rec)
-    items = rec.encode_items(data.item_texts)
+    items = rec.catalogue_text_vectors(data.item_texts)
     users = [0, 2, 3, 4]
     batch = _batch(data, users, lora_items=2)
     singles = []
@@ -138,16 +136,48 @@ def _select(batch, row):
     slots = slots.apply_(lambda s: remap.get(s, len(owned)))
     return UserBatch(
         users=[batch.users[row]],
-        windows=batch.windows[row : row + 1],
-        window_mask=batch.window_mask[row : row + 1],
+        rows=batch.rows[row : row + 1],
+        mask=batch.mask[row : row + 1],
         targets=batch.targets[row : row + 1],
-        valid=batch.valid[row : row + 1],
-        seen=batch.seen[row : row + 1],
         fresh_rows=[batch.fresh_rows[i] for i in owned.tolist()],
         fresh_owner=torch.zeros(len(owned), dtype=torch.long),
         fresh_slots=slots,
-        window_slot=batch.window_slot[row : row + 1],
+        input_slot=batch.input_slot[row : row + 1],
     )
+
+
+def _plain_loss(rec, batch, row, text_vectors, *, catalogue_path=True):
+    """One user's loss written out without torch.func: the adaptor over the whole catalogue, the
+    transformer over the user's window, the mean cross-entropy of every slot's next item."""
+    catalogue = rec.head.adaptor(text_vectors)
+    scored = catalogue if catalogue_path else catalogue.detach()
+    rows, mask = batch.rows[row : row + 1], batch.mask[row : row + 1]
+    users = rec.head(catalogue[rows], mask, every_slot=True)[0]
+    return torch.nn.functional.cross_entropy(
+        users @ scored.T, batch.targets[row], ignore_index=NO_TARGET
+    )
+
+
+def test_per_user_gradients_include_the_catalogue_path(tiny_rec, platform):
+    """Each user's gradient equals the gradient of that user's loss written out by hand, and the
+    adaptor's gradient through the scored catalogue is part of it (it would differ without)."""
+    data, rec = platform, tiny_rec
+    _perturb(rec)
+    items = rec.catalogue_text_vectors(data.item_texts)
+    users = [0, 1, 2, 3, 4]
+    batch = _batch(data, users)
+    per_user, losses = per_user_gradients(rec, data, batch, items)
+    weight = rec.head.adaptor.linear.weight
+    for row in range(len(users)):
+        rec.head.zero_grad(set_to_none=True)
+        loss = _plain_loss(rec, batch, row, items)
+        loss.backward()
+        assert float(losses[row]) == pytest.approx(float(loss), abs=1e-5)
+        for p in rec.head.parameters():
+            torch.testing.assert_close(per_user[p][row], p.grad, atol=1e-5, rtol=1e-4)
+        rec.head.zero_grad(set_to_none=True)
+        _plain_loss(rec, batch, row, items, catalogue_path=False).backward()
+        assert not torch.allclose(weight.grad, per_user[weight][row], atol=1e-4)
 
 
 def _step(rec, data, batch, items, dp):
@@ -169,7 +199,7 @@ def _dp_matches_plain(make_rec, data, users):
     plain, private = make_rec(), make_rec()
     _perturb(plain)
     _perturb(private)
-    items = plain.encode_items(data.item_texts)
+    items = plain.catalogue_text_vectors(data.item_texts)
     batch = _batch(data, users, lora_items=2)
     g_plain, w_plain = _step(plain, data, batch, items, None)
     g_dp, w_dp = _step(private, data, batch, items, DPStep(1e9, 0.0, len(users)))
@@ -214,7 +244,7 @@ def test_dp_equals_plain_on_the_real_encoder(platform):
     from shared.config import ModelConfig
     from shared.model import build_recommender
 
-    cfg = ModelConfig(max_item_tokens=16, history_items=3)
+    cfg = ModelConfig(max_item_tokens=16, history_items=3, dim=16)
     _dp_matches_plain(lambda: build_recommender(cfg), platform, [0, 2, 3])
 
 

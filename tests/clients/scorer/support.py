@@ -14,7 +14,7 @@ from shared.text import Item
 from tests.conftest import make_tiny_recommender
 
 # Model settings travel in the adapter's fedxrec.json, as the coordinator records them.
-MODEL_SETTINGS = {"max_item_tokens": 16, "history_items": 5}
+MODEL_SETTINGS = {"max_item_tokens": 16, "history_items": 5, "dim": 16}
 
 
 def make_platform(

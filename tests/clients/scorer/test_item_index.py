@@ -27,7 +27,7 @@ def test_index_holds_the_adapted_vectors_of_each_item(adapter_dir, platform_dir,
     assert [i.item_id for i in index.items][:2] == ["m1", "m2"] and index.encoded == len(index)
     one_by_one = torch.cat([rec.encode_items([item_text(i)]) for i in index.items])
     torch.testing.assert_close(index.vectors, one_by_one, atol=1e-5, rtol=0)
-    torch.testing.assert_close(index.vectors.norm(dim=1), torch.ones(len(index)))
+    assert index.vectors.shape == (len(index), rec.config.dim)  # the adaptor's, not the encoder's
     rec.model.peft_model.unmerge_adapter()  # the scorer folds LoRA into the weights: same vectors
     torch.testing.assert_close(rec.encode_items([item_text(index.items[0])])[0], index.vectors[0])
 
@@ -36,7 +36,7 @@ def test_length_grouped_batches_keep_catalogue_order(adapter_dir, encoder_dir):
     rec = load_scorer_model(adapter_dir, encoder=str(encoder_dir), device="cpu").rec
     texts = ["a", "star wars the matrix toy story", "heat", "fargo (1996). categories: crime", "b"]
     grouped = encode_texts(rec, texts, max_tokens=16, batch_size=2, progress=False)
-    alone = torch.cat([rec.encode([t], 16) for t in texts])
+    alone = rec.item_vectors(torch.cat([rec.encode([t], 16) for t in texts]))
     torch.testing.assert_close(grouped, alone, atol=1e-5, rtol=0)
 
 

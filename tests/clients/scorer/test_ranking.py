@@ -26,13 +26,10 @@ def scorer(adapter_dir, encoder_dir, platform_dir):
 
 
 def reference_user(head, recent_first):
-    """The head's formula written out item by item: softmax(recency + attention·v) pooling, then
-    u = h + h·transform + prior."""
-    vectors = recent_first[: head.history_items]
-    logits = [float(head.recency[t] + head.attention @ v) for t, v in enumerate(vectors)]
-    weights = torch.softmax(torch.tensor(logits), dim=0)
-    pooled = sum(w * v for w, v in zip(weights, vectors, strict=True))
-    return pooled + pooled @ head.transform + head.prior
+    """The transformer over the window's item vectors, oldest first, with no padding."""
+    vectors = recent_first[: head.window].flip(0)
+    mask = torch.ones(1, len(vectors), dtype=torch.bool)
+    return head(vectors.unsqueeze(0), mask)[0]
 
 
 def brute_force(scorer, history, k, excluded=()):
@@ -88,10 +85,8 @@ def test_explanations_name_the_most_similar_history_items(scorer):
     (recs,) = recommend(scorer.model.rec, index, [query_for_ids(index, history, k=4)])
     for rec in recs:
         assert len(rec.because) == 3
-        sims = {
-            h: float(index.vectors[index.row_of[h]] @ index.vectors[index.row_of[rec.item_id]])
-            for h in history
-        }
+        unit = torch.nn.functional.normalize(index.vectors, dim=1)
+        sims = {h: float(unit[index.row_of[h]] @ unit[index.row_of[rec.item_id]]) for h in history}
         best = sorted(history, key=lambda h: -sims[h])[:3]
         assert [e.similarity for e in rec.because] == pytest.approx([sims[h] for h in best])
         assert {e.item_id for e in rec.because} <= set(history)
@@ -218,14 +213,14 @@ def test_rank_command_json_and_table(capsys, scorer, adapter_dir, encoder_dir, p
 
 @pytest.mark.integration
 def test_real_encoder_ranks_exactly(tmp_path, platform_dir):
-    """all-MiniLM-L6-v2 with a fresh (identity) adapter: exact ranking and a sane top item."""
+    """all-MiniLM-L6-v2 with a fresh adapter: exact ranking over the adaptor's item vectors."""
     cfg = ModelConfig()
     save_adapter(get_adapter_arrays(build_recommender(cfg)), cfg, tmp_path / "adapter")
     scorer = load_site_scorer(
         tmp_path / "adapter", platform_dir / "items.csv", cache_dir="", device="cpu"
     )
-    assert scorer.model.rec.dim == 384
-    (recs,) = recommend(scorer.model.rec, scorer.index, [Query(text="Toy Story (1995)", k=8)])
+    rec = scorer.model.rec
+    assert rec.text_dim == 384 and rec.dim == cfg.dim == scorer.index.vectors.shape[1]
+    (recs,) = recommend(rec, scorer.index, [Query(text="Toy Story (1995)", k=8)])
     scores, expected = brute_force(scorer, "Toy Story (1995)", 8)
     assert_same_ranking(recs, scores, expected)
-    assert recs[0].item_id == "m3"

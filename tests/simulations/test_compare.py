@@ -165,17 +165,26 @@ def test_baselines_in_results_are_the_baseline_functions(tiny_compare):
     assert new_cell["ndcg@10"] == pytest.approx(ranking_metrics(ranks)["ndcg@10"])
 
 
-def test_zero_shot_in_results_is_the_untuned_encoders_ranking(tiny_compare, tiny_vocab):
+def test_zero_shot_in_results_is_the_untrained_models_ranking(tiny_compare, tiny_vocab):
+    """The untrained model: the base encoder (LoRA B = 0) and the seed's fresh head, whitened
+    with the platform's own catalogue."""
+    import torch
+
     from clients.federation.evaluation import split_ranks
     from shared.data import load_platform
+    from shared.whitening import catalogue_moments, whitening_arrays
 
     out, argv = tiny_compare
     results = json.loads((out / "results.json").read_text())
     zero = next(r for r in results["runs"] if r["method"] == "zero_shot")
     cfg = compare_plan.compare_plan(build_parser().parse_args(argv)).cfg.model
-    rec = make_tiny_recommender(tiny_vocab, cfg, seed=0)  # LoRA B = 0: the base encoder
     for name in ("alpha", "gamma"):
+        rec = make_tiny_recommender(tiny_vocab, cfg, seed=0)
         data = load_platform(out / "platforms" / name, name)
+        white = whitening_arrays(catalogue_moments(rec.encode(data.item_texts, 16)))
+        with torch.no_grad():
+            rec.head.adaptor.mean.copy_(torch.as_tensor(white["adaptor.mean"]))
+            rec.head.adaptor.whitening.copy_(torch.as_tensor(white["adaptor.whitening"]))
         assert zero["ranks"][name] == split_ranks(rec, data, "test"), name
 
 

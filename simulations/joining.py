@@ -1,17 +1,20 @@
 """What joining the federation gives each site: the site beside itself trained alone.
 
 After a simulated federation, each site is trained again on its own users only, with the same
-settings and the same ε (the coordinator and the ClientApp of the federation, in this process:
-simulations/inprocess.py), and both are tested on the site's test split, as the model alone and
-as the site's final ranking (the model fused with its own counts, weights fitted on its
-validation split). Popularity and EASE on the same split are what the site could run without
+settings and the same ε (the coordinator and the ClientApp of the federation, in process:
+simulations/inprocess.py; one process per core, a site each, largest first), and both are
+tested on the site's test split, as the model alone and as the site's final ranking (the model
+fused with its own counts, weights fitted on its validation split). Popularity and EASE on the same split are what the site could run without
 any model. A reader sees per site, with its user count, what joining changed.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +89,61 @@ def site_gains(
     work: Path,
     baselines: dict[str, dict[str, dict[str, float]]],
     log: Log = print,
+    workers: int | None = None,
 ) -> list[SiteGain]:
     """Train each site of ``sites`` (name → data folder) alone, under ``work/NAME``, and test it
     beside ``joined`` (name → what the site ranks with after the federation); ``baselines``:
-    method → site → test metrics, as ``fedxrec simulate`` measured them."""
+    method → site → test metrics, as ``fedxrec simulate`` measured them. ``workers`` processes
+    (default: one per core) train the sites, each with an equal share of the cores."""
     platforms = [
         load_platform(folder, name, min_user_interactions=cfg.data.min_user_interactions)
         for name, folder in sites.items()
     ]
-    evaluator = Evaluator(cfg, platforms, cfg.federation.eval_users)
-    # alone: a federation of one, started afresh (secure aggregation needs two sites)
+    cores = os.cpu_count() or 1
+    workers = max(1, min(workers or cores, len(platforms)))
+    jobs = sorted(enumerate(platforms, start=1), key=lambda job: -job[1].num_users)
+    args = [
+        (cfg, run_id, data, sites[data.name], joined[data.name], work, baselines)
+        for run_id, data in jobs
+    ]
+    for _, data in jobs:
+        log(f"fedxrec simulate: {data.name} ({data.num_users} users) trains alone, same ε")
+    if workers == 1:
+        gains = [_site_gain(*a) for a in args]
+    else:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=get_context("spawn"),
+            initializer=_worker_start,
+            initargs=(max(1, cores // workers),),
+        ) as pool:
+            gains = list(pool.map(_site_gain, *zip(*args, strict=True)))
+    order = {data.name: k for k, data in enumerate(platforms)}
+    return sorted(gains, key=lambda g: order[g.site])
+
+
+def _worker_start(threads: int) -> None:
+    """A process that trains a site alone: fedxrec's process settings, its share of the cores."""
+    import torch
+
+    from shared.process import keep_freed_memory, set_process_defaults
+
+    set_process_defaults()
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+
+
+def _site_gain(
+    cfg: FedxrecConfig,
+    run_id: int,
+    data: PlatformData,
+    folder: Path,
+    joined: Arrays,
+    work: Path,
+    baselines: dict[str, dict[str, dict[str, float]]],
+) -> SiteGain:
+    """One site trained alone (a federation of one, started afresh: secure aggregation needs
+    two sites), tested beside what it ranks with joined."""
     alone_cfg = cfg.with_overrides(
         {
             "federation.resume": False,
@@ -103,32 +151,23 @@ def site_gains(
             "federation.secure_aggregation": False,
         }
     )
-    gains = []
-    for run_id, data in enumerate(platforms, start=1):
-        log(f"fedxrec simulate: {data.name} ({data.num_users} users) trains alone, same ε")
-        run = federate(
-            {data.name: sites[data.name]},
-            alone_cfg,
-            work / data.name,
-            run_id=run_id,
-            on_line=lambda line: None,
-        )
-        own = run.personal_adapters().get(data.name, run.global_adapter())
-        alone = evaluator.test(own, [data], hybrid=True)
-        together = evaluator.test(joined[data.name], [data], hybrid=True)
-        gains.append(
-            SiteGain(
-                site=data.name,
-                users=data.num_users,
-                popularity=baselines["popularity"][data.name]["ndcg@10"],
-                ease=baselines.get("ease", {}).get(data.name, {}).get("ndcg@10"),
-                alone=_ndcg(alone.test, data),
-                joined=_ndcg(together.test, data),
-                alone_final=_ndcg(alone.hybrid_test, data),
-                joined_final=_ndcg(together.hybrid_test, data),
-            )
-        )
-    return gains
+    run = federate(
+        {data.name: folder}, alone_cfg, work / data.name, run_id=run_id, on_line=lambda line: None
+    )
+    evaluator = Evaluator(cfg, [data], cfg.federation.eval_users)
+    own = run.personal_adapters().get(data.name, run.global_adapter())
+    alone = evaluator.test(own, [data], hybrid=True)
+    together = evaluator.test(joined, [data], hybrid=True)
+    return SiteGain(
+        site=data.name,
+        users=data.num_users,
+        popularity=baselines["popularity"][data.name]["ndcg@10"],
+        ease=baselines.get("ease", {}).get(data.name, {}).get("ndcg@10"),
+        alone=_ndcg(alone.test, data),
+        joined=_ndcg(together.test, data),
+        alone_final=_ndcg(alone.hybrid_test, data),
+        joined_final=_ndcg(together.hybrid_test, data),
+    )
 
 
 def _ndcg(metrics: dict, data: PlatformData) -> float:

@@ -253,10 +253,12 @@ def run(args: argparse.Namespace) -> int:
     run_config = write_run_config(cfg, out / "run_config.toml")
     use_gpu = cfg.train.device != "cpu" and torch.cuda.is_available()
     cpus = os.cpu_count() or 1
-    # One simulated site at a time gets every core (or a share of the GPU): on a small machine
-    # that is faster than several sites fighting over two cores.
+    # On a CPU each simulated site gets one core (Ray gives its process one thread), so as many
+    # sites train at once as there are cores: a site's small matrix products use a second
+    # thread poorly. On a GPU one site at a time takes every core and a share of the device.
+    site_cpus = cpus if use_gpu else 1
     federation_config = (
-        f"num-supernodes={len(names)} client-resources-num-cpus={cpus} "
+        f"num-supernodes={len(names)} client-resources-num-cpus={site_cpus} "
         f"client-resources-num-gpus={1.0 / len(names) if use_gpu else 0.0} "
         f"init-args-num-cpus={cpus} init-args-num-gpus={1 if use_gpu else 0}"
     )

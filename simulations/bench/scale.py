@@ -3,8 +3,9 @@
 The catalogue is synthetic, since encoding a million texts on a CPU takes hours (the encoder's
 throughput is measured on its own, items/s, so a reader can extrapolate):
 
-- item vectors: unit vectors of the encoder's size around topic centres (an item's cosine to
-  another of its topic about 0.5, to the rest about 0), as text embeddings cluster;
+- item vectors: unit vectors of the model's item-vector width (``model.dim``) around topic
+  centres (an item's cosine to another of its topic about 0.5, to the rest about 0), as
+  adapted text vectors cluster;
 - interactions: users with power-law history lengths (5 to 100 items), each drawing half of its
   items from the catalogue's power-law popularity and half from one topic.
 
@@ -37,9 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from shared.config import ModelConfig
+
 SIZES = (10_000, 100_000, 1_000_000)
 FULL_MAX_ITEMS = 1_000_000  # today's scorer is measured up to here
-DIM = 384  # the encoder's
+DIM = ModelConfig().dim  # the model's item vectors (the adaptor's output)
 HISTORY = 10
 RECALL_QUERIES = 200
 TOPIC_ITEMS = 500  # items per topic centre

@@ -80,13 +80,13 @@ class TrainConfig(_Section):
 
     """One DP-SGD step = one Poisson sample of the site's users; one user = one example."""
 
-    steps: int = 40  # steps per round at each site
+    steps: int = 20  # steps per round at each site
     batch_size: int = 512  # expected (Poisson) batch size, in users
     learning_rate: float = 0.001  # Adam, the head (item adaptor + transformer)
     lora_steps: int = 1  # steps per round that also train the encoder's LoRA (0 = head only)
     lora_items: int = 1  # a user's most recent items encoded with gradient in a LoRA step
     lora_learning_rate: float = 1e-3  # Adam, LoRA
-    personalize_steps: int = 80  # after the federation, DP steps on the site's own users
+    personalize_steps: int = 100  # after the federation, DP steps on the site's own users
     # The fine-tune (or a mix of it and the global model) replaces the global model only when its
     # validation NDCG@10 gain is at least this many standard errors (0: the better one, always).
     personalize_min_z: float = 1.645
@@ -178,7 +178,7 @@ class PrivacyConfig(_Section):
 class FederationConfig(_Section):
     SECTION: ClassVar[str] = "federation"
 
-    rounds: int = 3
+    rounds: int = 5
     platforms: int = 0  # sites to wait for before round 1; 0 = the simulation's platform count
     min_nodes: int = 0  # successful replies a round needs to count; 0 = every platform
     round_timeout: float = 3600.0  # seconds to wait for the sites' replies in a round

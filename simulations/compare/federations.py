@@ -47,14 +47,32 @@ def train(
     work: Path,
     run_id: int,
     log: Log,
+    best_round: bool = False,
 ) -> Trained:
     """Federate ``sites`` (name → data folder) with ``cfg``; ``round_zero`` is the untuned
-    encoder's validation NDCG@10 per platform (every curve starts there)."""
+    encoder's validation NDCG@10 per platform (every curve starts there). ``best_round``: the
+    global adapter is the round's with the best mean validation NDCG@10 of the curve (early
+    stopping, for the non-private references, whose best length differs by data set), not the
+    last round's."""
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work, prefix="federation-") as tmp:
         run = federate(sites, cfg, Path(tmp), run_id=run_id, on_line=_shown(log))
         rounds = _rounds(run, list(sites), curve_on, evaluator, round_zero)
-        return Trained(rounds, run.global_adapter(), run.personal_adapters())
+        final = run.global_adapter()
+        if best_round and len(rounds) > 1:
+            best = best_validation_round(rounds)
+            log(f"kept round {best} of {len(rounds) - 1} (best validation NDCG@10)")
+            final = run.round_adapter(best)
+        return Trained(rounds, final, run.personal_adapters())
+
+
+def best_validation_round(rounds: list[RoundRecord]) -> int:
+    """The trained round (≥ 1) with the best validation NDCG@10, averaged over the curve's
+    platforms; the earliest of equals."""
+    trained = [r for r in rounds if r.round >= 1]
+    if not trained:
+        raise ValueError("no trained round to choose from")
+    return max(trained, key=lambda r: float(np.mean(list(r.validation_ndcg.values())))).round
 
 
 def _shown(log: Log) -> Log:

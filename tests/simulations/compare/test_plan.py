@@ -33,10 +33,12 @@ def test_quick_defaults_and_set_overrides(tmp_path):
     assert quick.cfg.federation.rounds == 1  # --set wins over --quick
     full = plan("--seeds", "2", "--data", "ml-1m")
     assert full.seeds == [0, 1] and full.epsilons == [1.0, 2.0, 4.0, 8.0, math.inf]
-    assert full.cfg.data.dataset == "ml-1m" and full.cfg.federation.rounds == 3
+    assert full.cfg.data.dataset == "ml-1m" and full.cfg.federation.rounds == 5
     assert full.federated_epsilons == [1.0, 2.0, 4.0, 8.0, math.inf]
     cfg = full.config_for(1, math.inf)
     assert not cfg.privacy.enabled and cfg.train.seed == 1 and cfg.federation.seed == 1
+    # the non-private reference's own recipe: dropout, which DP training goes without
+    assert cfg.model.dropout == 0.2 and full.config_for(0, 8.0).model.dropout == 0.0
     assert full.config_for(0, 2.0).privacy.epsilon == 2.0
     with pytest.raises(ValueError, match="--seeds"):
         plan("--seeds", "0")

@@ -83,7 +83,7 @@ class TrainConfig(_Section):
     steps: int = 20  # steps per round at each site
     batch_size: int = 512  # expected (Poisson) batch size, in users
     learning_rate: float = 0.001  # Adam, the head (item adaptor + transformer)
-    lora_steps: int = 1  # steps per round that also train the encoder's LoRA (0 = head only)
+    lora_steps: int = 0  # steps per round that also train the encoder's LoRA (0 = head only)
     lora_items: int = 1  # a user's most recent items encoded with gradient in a LoRA step
     lora_learning_rate: float = 1e-3  # Adam, LoRA
     personalize_steps: int = 100  # after the federation, DP steps on the site's own users

@@ -100,7 +100,8 @@ def best_times(
 def plain_padded_encode(
     model: ScorerModel, texts: list[str], batch_size: int, pad_to_longest: bool
 ) -> torch.Tensor:
-    """The baseline: the catalogue in file order, each batch padded to the limit (or its longest)."""
+    """The baseline: the catalogue in file order, each batch padded to the limit (or its longest),
+    then adapted by the head's item adaptor."""
     rec = model.rec
     out = []
     for start in range(0, len(texts), batch_size):
@@ -116,7 +117,7 @@ def plain_padded_encode(
             attention_mask=batch["attention_mask"].to(rec.device),
         )
         out.append(vectors.float())
-    return torch.cat(out)
+    return rec.item_vectors(torch.cat(out))  # the item vectors, as encode_texts returns them
 
 
 def bench_encoding(model: ScorerModel, texts: list[str], repeats: int) -> dict[str, Any]:

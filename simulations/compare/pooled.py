@@ -1,7 +1,7 @@
 """The multi-site targets over several comparisons of one benchmark, each figure the mean over
 all their runs (e.g. two training seeds on one partition and one on a second partition seed):
 
-    python -m simulations.compare.pooled docs/results/ml-1m-sites docs/results/ml-1m-sites-p1
+    python -m simulations.compare.pooled runs/sites-seed0 runs/sites-seed1
 
 Each folder (or results.json) must come from the same partition with the same sites of the same
 sizes and the same product ε. Only the methods every comparison ran are pooled (a ratio of a

@@ -11,10 +11,10 @@ DEMO_OUT ?= runs/demo
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 # The demo: three sites of their own MovieLens-100K users (400/200/100, disjoint, each its own 60 %
 # of the films under its own IDs), federated, then each site again alone, so the table shows what
-# joining gives each site. Sized for <= 5 minutes on 2 CPU cores: 2 rounds of 30 DP steps and 30
+# joining gives each site. Sized for <= 5 minutes on 2 CPU cores: 2 rounds of 20 DP steps and 20
 # personalisation steps (the defaults: 5 rounds of 20 and 100).
 DEMO_ARGS ?= --partition sites --set data.site_users=400,200,100 \
-	--set federation.rounds=2 --set train.steps=30 --set train.personalize_steps=30 --alone
+	--set federation.rounds=2 --set train.steps=20 --set train.personalize_steps=20 --alone
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export HF_HUB_OFFLINE := 1

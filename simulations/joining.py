@@ -4,8 +4,9 @@ After a simulated federation, each site is trained again on its own users only, 
 settings and the same ε (the coordinator and the ClientApp of the federation, in process:
 simulations/inprocess.py; one process per core, a site each, largest first), and both are
 tested on the site's test split, as the model alone and as the site's final ranking (the model
-fused with its own counts, weights fitted on its validation split). Popularity and EASE on the same split are what the site could run without
-any model. A reader sees per site, with its user count, what joining changed.
+fused with its own counts, weights fitted on its validation split). Popularity and EASE on the
+same split are what the site could run without any model. A reader sees per site, with its user
+count, what joining changed.
 """
 
 from __future__ import annotations
